@@ -1,0 +1,3 @@
+from tfkd_cli.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""Checkpoints: atomic writes, safe reads, tfkd and official formats.
+
+Every read goes through `torch.load(..., weights_only=True)`: a file that needs arbitrary
+unpickling (and could run code) is refused, never executed. Every write goes to a temporary
+file in the same directory, is fsynced, then renamed over the target, so a crash leaves
+either the old file or the new one, never half of one.
+
+tfkd format (a dict): format="tfkd", version, arch {model, num_classes, width}, model
+(state_dict), optimizer, epoch (completed epochs), step (completed steps of the next
+epoch, for mid-epoch checkpoints), best, rng, recipe_hash, epoch_stats.
+
+Official format (yuanli2333/Teacher-free-Knowledge-Distillation `utils.save_checkpoint`):
+a dict with `state_dict`, optionally `optim_dict` and `epoch`; keys may carry the
+`module.` prefix of nn.DataParallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from tfkd_cli.errors import TfkdError
+
+FORMAT = "tfkd"
+VERSION = 1
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write `path` via a temp file + fsync + rename; errors name the path."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise TfkdError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save(path: Path, obj: dict) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load(path: Path) -> dict:
+    """Read a checkpoint safely (weights_only); one-line errors for every failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise TfkdError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+            raise TfkdError(f"refused to load {path}: it needs arbitrary unpickling (code could run); "
+                            "only plain tensors and containers are accepted") from None
+        raise TfkdError(f"corrupt checkpoint {path}: {first[:200]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TfkdError(f"corrupt or truncated checkpoint {path}: {msg[:200]}") from None
+    except Exception as e:  # anything else the unpickler raises is still a bad file
+        raise TfkdError(f"unreadable checkpoint {path}: {type(e).__name__}") from None
+    if not isinstance(obj, dict):
+        raise TfkdError(f"{path}: not a checkpoint (expected a dict, got {type(obj).__name__})")
+    return obj
+
+
+def is_tfkd(ckpt: dict) -> bool:
+    return ckpt.get("format") == FORMAT
+
+
+def state_dict_of(ckpt: dict, path: Path) -> dict:
+    """The model weights of a tfkd, official (`state_dict`) or bare state_dict checkpoint."""
+    if is_tfkd(ckpt):
+        if ckpt.get("version", 0) > VERSION:
+            raise TfkdError(f"{path}: checkpoint format version {ckpt['version']} is newer than "
+                            f"this tfkd reads ({VERSION}); upgrade tfkd")
+        sd = ckpt["model"]
+    elif "state_dict" in ckpt:
+        sd = ckpt["state_dict"]
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        sd = ckpt
+    else:
+        raise TfkdError(f"{path}: no model weights found (expected a tfkd checkpoint or a dict "
+                        "with 'state_dict')")
+    return strip_prefix(sd)
+
+
+def strip_prefix(sd: dict, prefixes: tuple = ("module.", "_orig_mod.")) -> dict:
+    """Remove DataParallel/DDP `module.` and torch.compile `_orig_mod.` prefixes."""
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k = k[len(p):]
+                    changed = True
+        out[k] = v
+    return out
+
+
+def load_weights(model: nn.Module, sd: dict, path: Path, what: str) -> None:
+    """load_state_dict(strict=True) with a one-line error that says why it does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[0]}")
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} shape mismatch(es) e.g. {k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}")
+        raise TfkdError(f"{path} does not fit {what}: {'; '.join(parts)}")
+    model.load_state_dict(sd, strict=True)
+
+
+def arch_of(ckpt: dict) -> Optional[dict]:
+    return ckpt.get("arch") if is_tfkd(ckpt) else None
+

@@ -1,0 +1,334 @@
+"""The `tfkd` command line.
+
+Every training command resolves one recipe (defaults < dataset profile < --recipe file <
+--set key=value < shortcut flags), then hands it to the engine. User errors print one line
+(`tfkd: error: ...`) and exit 2; an interrupted run exits 130; a failed run (NaN) exits 3.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from tfkd_cli.errors import RunFailed, TfkdError
+
+
+class TfkdGroup(click.Group):
+    """Turns user errors into one clear line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from tfkd_cli.engine import Interrupted
+
+        try:
+            return super().invoke(ctx)
+        except RunFailed as e:
+            click.echo(f"tfkd: run failed: {e}", err=True)
+            ctx.exit(3)
+        except TfkdError as e:
+            click.echo(f"tfkd: error: {e}", err=True)
+            ctx.exit(2)
+        except Interrupted as e:
+            click.echo(f"tfkd: {e}", err=True)
+            ctx.exit(130)
+        except KeyboardInterrupt:
+            click.echo("tfkd: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=TfkdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="tfkd")
+def cli() -> None:
+    """tfkd: reproduce Teacher-free Knowledge Distillation (Yuan et al., CVPR 2020).
+
+    Train teachers and students, distill (normal KD, Re-KD, De-KD), self-train (Tf-KD_self),
+    regularize with a virtual teacher (Tf-KD_reg) or label smoothing, evaluate, and
+    reproduce whole paper tables beside the paper's numbers.
+    """
+
+
+# -- shared options -----------------------------------------------------------------
+
+def training_options(student_alias: bool = False, method_default: Optional[str] = None):
+    """The recipe shortcut flags every training command takes (names are stable API)."""
+    model_flags = ["--model", "--student", "model"] if student_alias else ["--model", "model"]
+    opts = [
+        click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="YAML recipe file (may use base:)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set optim.lr=0.05 (repeatable)."),
+        click.option(*model_flags, default=None, help="Model name (see `tfkd models`), or tv:<torchvision name>."),
+        click.option("--method", default=None, help="Loss: ce, kd, kd_self, tfkd_reg, lsr" + (f" (default {method_default})." if method_default else ".")),
+        click.option("--teacher", default=None, help="Teacher: a tfkd run directory, a release folder (base_<name>/) or a checkpoint file."),
+        click.option("--teacher-epoch", type=int, default=None, help="Use the teacher's kept checkpoint after this many epochs (De-KD)."),
+        click.option("--teacher-model", default=None, help="Teacher architecture, needed for official .pth.tar checkpoints."),
+        click.option("--dataset", default=None, help="cifar100, cifar10, cifar-layout, tiny-imagenet, imagenet or digits."),
+        click.option("--data-root", default=None, help="Data folder (default: $TFKD_DATA_ROOT or ./data)."),
+        click.option("--download", is_flag=True, default=None, help="Download the dataset if missing (needs a network)."),
+        click.option("--per-class", type=int, default=None, help="Train on a class-balanced subset of N images per class."),
+        click.option("--epochs", type=int, default=None, help="Training epochs (official: 200)."),
+        click.option("--batch-size", type=int, default=None, help="Batch size; lr scales as base_lr * batch/128."),
+        click.option("--lr", type=float, default=None, help="Base learning rate at batch 128 (official: 0.1)."),
+        click.option("--width", type=float, default=None, help="Channel width multiplier (1.0 = official model)."),
+        click.option("--seed", type=int, default=None, help="Random seed."),
+        click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N."),
+        click.option("--amp", is_flag=True, default=None, help="bf16 autocast on CUDA."),
+        click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model."),
+        click.option("--channels-last", is_flag=True, default=None, help="channels_last memory format."),
+        click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (CUDA), no cudnn benchmark."),
+        click.option("--checkpoint-every", type=int, default=None, help="Also checkpoint every N steps within an epoch."),
+        click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: runs/<model>_<method>_s<seed>)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+        click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+
+    def wrap(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return wrap
+
+
+def _flag_overrides(kw: dict) -> dict:
+    """Shortcut flags -> a nested recipe dict (only the flags given)."""
+    mapping = {
+        "model": "model", "method": "method", "teacher": "teacher.path", "teacher_epoch": "teacher.epoch",
+        "teacher_model": "teacher.model", "dataset": "data.dataset", "data_root": "data.root",
+        "download": "data.download", "per_class": "data.per_class", "epochs": "train.epochs",
+        "batch_size": "train.batch_size", "lr": "optim.lr", "width": "width", "seed": "seed",
+        "device": "runtime.device", "amp": "runtime.amp", "compile_": "runtime.compile",
+        "channels_last": "runtime.channels_last", "deterministic": "runtime.deterministic",
+        "checkpoint_every": "train.checkpoint_every",
+    }
+    out: dict = {}
+    for flag, key in mapping.items():
+        value = kw.get(flag)
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _run_training(kw: dict, forced: dict) -> None:
+    from tfkd_cli.engine import train
+    from tfkd_cli.recipe import dump, merge, resolve_run
+
+    overrides = merge(_flag_overrides(kw), forced)
+    recipe = resolve_run(kw.get("recipe_file"), kw.get("sets", ()), overrides)
+    out = Path(kw["out"]) if kw.get("out") else Path("runs") / f"{recipe.model}_{recipe.method}_s{recipe.seed}"
+    if kw.get("dry_run"):
+        click.echo(dump(recipe), nl=False)
+        return
+    summary = train(recipe, out, resume=kw.get("resume", False), overwrite=kw.get("overwrite", False),
+                    progress=not kw.get("quiet"), log=lambda m: click.echo(m, err=True))
+    if summary:
+        _print_result(out, summary)
+
+
+def _print_result(out: Path, s: dict) -> None:
+    b, l = s.get("best") or {}, s.get("last") or {}
+    click.echo(f"{out}: {s['model']} {s['method']} seed {s['seed']} on {s['dataset']} - "
+               f"best top-1 {b.get('top1', float('nan')):.2f}% (epoch {b.get('epoch')}), "
+               f"last top-1 {l.get('top1', float('nan')):.2f}%, train top-1 {l.get('train_top1', float('nan')):.2f}%, "
+               f"{s['train_time_s']:.1f}s, {s.get('images_per_s') or 0:.0f} img/s")
+
+
+# -- commands ------------------------------------------------------------------------
+
+@cli.command("train-teacher")
+@training_options(method_default="ce")
+def train_teacher(**kw: Any) -> None:
+    """Train a model without a teacher: a baseline or teacher (ce), Tf-KD_reg (tfkd_reg) or label smoothing (lsr).
+
+    \b
+    Examples:
+      tfkd train-teacher --dataset digits --out runs/digits_r18
+      tfkd train-teacher --model resnet18 --dataset cifar100 --data-root DIR --out runs/r18
+      tfkd train-teacher --model resnet18 --method tfkd_reg --set loss.alpha=0.1 --set loss.temperature=20 --set loss.multiplier=100
+    """
+    method = kw.get("method") or "ce"
+    if method in ("kd", "kd_self"):
+        raise TfkdError(f"train-teacher trains without a teacher (ce, tfkd_reg, lsr); use `tfkd distill --method {method}`")
+    _run_training(kw, {"method": method})
+
+
+@cli.command()
+@training_options(student_alias=True, method_default="kd")
+def distill(**kw: Any) -> None:
+    """Train a student from a teacher: normal KD, Re-KD (a weaker teacher), De-KD (--teacher-epoch).
+
+    \b
+    Examples:
+      tfkd distill --student mobilenetv2 --teacher runs/r18 --out runs/mv2_kd
+      tfkd distill --student mobilenetv2 --teacher runs/r18 --teacher-epoch 1 --out runs/mv2_dekd
+      tfkd distill --student resnet18 --teacher release/base_resnet50 --teacher-model resnet50 --teacher-epoch 51
+    """
+    method = kw.get("method") or "kd"
+    if method not in ("kd", "kd_self"):
+        raise TfkdError(f"distill uses a teacher (kd or kd_self); for {method} use `tfkd train-teacher --method {method}`")
+    if not kw.get("teacher") and not kw.get("recipe_file"):
+        raise TfkdError("distill needs --teacher (a run directory or a checkpoint)")
+    _run_training(kw, {"method": method})
+
+
+@cli.command("self-train")
+@training_options(method_default="kd_self")
+def self_train(**kw: Any) -> None:
+    """Tf-KD_self: a model distills from a pre-trained copy of itself (--teacher: that run).
+
+    \b
+    Example:
+      tfkd self-train --model resnet18 --teacher runs/r18 --out runs/r18_self \\
+          --set loss.alpha=0.95 --set loss.temperature=6 --set loss.multiplier=50
+    """
+    if kw.get("method") not in (None, "kd_self"):
+        raise TfkdError("self-train always uses method kd_self")
+    if not kw.get("teacher") and not kw.get("recipe_file"):
+        raise TfkdError("self-train needs --teacher: the run directory (or checkpoint) of the same model trained with ce")
+    _run_training(kw, {"method": "kd_self"})
+
+
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--model", default=None, help="Architecture, for official .pth.tar checkpoints.")
+@click.option("--width", type=float, default=None, help="Width of an official checkpoint's model.")
+@click.option("--dataset", default=None, help="Dataset (default: the run's, else cifar100).")
+@click.option("--data-root", default=None, help="Data folder (default: the run's, else $TFKD_DATA_ROOT or ./data).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate(target: str, model: Optional[str], width: Optional[float], dataset: Optional[str],
+             data_root: Optional[str], device: str, as_json: bool) -> None:
+    """Top-1, top-5, NLL and calibration (ECE, 15 bins) of a run's best and last checkpoints, or of one checkpoint."""
+    from tfkd_cli.evaluation import evaluate_target
+
+    rows = evaluate_target(Path(target), model=model, width=width, dataset=dataset, data_root=data_root,
+                           device=device)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"evaluate {target}")
+    for c in ("checkpoint", "model", "epoch", "top-1 %", "top-5 %", "NLL", "ECE %"):
+        t.add_column(c, justify="right" if c not in ("checkpoint", "model") else "left")
+    for r in rows:
+        t.add_row(r["checkpoint"], r["model"], str(r.get("epoch") or "-"), f"{r['top1']:.2f}", f"{r['top5']:.2f}",
+                  f"{r['nll']:.4f}", f"{r['ece']:.2f}")
+    Console().print(t)
+
+
+@cli.command()
+@click.option("--num-classes", type=int, default=100, show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True)
+def models(num_classes: int, width: float) -> None:
+    """List the CIFAR models with their parameter counts (official counts at width 1.0)."""
+    from tfkd_cli.models import build_model, count_params, model_names
+
+    for name in model_names():
+        n = count_params(build_model(name, num_classes=num_classes, width=width))
+        click.echo(f"{name:18s} {n:>12,d}")
+    click.echo("plus any torchvision classification model as tv:<name> (e.g. tv:resnet18)")
+
+
+@cli.command("run")
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_cmd(recipe_file: str, sets: tuple, out: str, resume: bool, overwrite: bool, quiet: bool) -> None:
+    """Train exactly the recipe in RECIPE_FILE (e.g. a run's saved recipe.yaml); no dataset profile is added."""
+    from tfkd_cli.engine import train
+    from tfkd_cli.recipe import resolve
+
+    recipe = resolve(recipe_file, sets)
+    summary = train(recipe, Path(out), resume=resume, overwrite=overwrite, progress=not quiet,
+                    log=lambda m: click.echo(m, err=True))
+    if summary:
+        _print_result(Path(out), summary)
+
+
+@cli.command()
+@click.argument("table", required=False)
+@click.option("--scale", default="paper", show_default=True, help="paper, mini or smoke (recipes/scales/).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Run seeds 0..N-1 of every run.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Results folder (default results/<table>/<scale>).")
+@click.option("--runs-dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
+              help="Where run directories live (content-addressed, shared between tables).")
+@click.option("--teachers", default=None, type=click.Path(file_okay=False),
+              help="Folder of the authors' released teachers (base_<name>/best.pth.tar, 0.pth.tar, 50.pth.tar): train only the students.")
+@click.option("--only", multiple=True, help="Run only these run ids (and what they need).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Independent runs at once.")
+@click.option("--devices", default=None, help="Comma-separated devices for --jobs, e.g. cuda:0,cuda:1.")
+@click.option("--dry-run", is_flag=True, help="Print the plan: every run, its dependencies and estimated cost.")
+@click.option("--report-only", is_flag=True, help="Write the results table from finished runs; train nothing.")
+@click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
+@click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
+def reproduce(table: Optional[str], scale: str, seeds: int, out: Optional[str], runs_dir: str,
+              teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
+              report_only: bool, retry_failed: bool, list_: bool) -> None:
+    """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
+
+    \b
+    Examples:
+      tfkd reproduce --list
+      tfkd reproduce table3 --scale smoke             # about a minute, no download
+      tfkd reproduce table3 --scale mini --seeds 2    # tiny100-32 on a CPU, hours
+      tfkd reproduce table3 --teachers pretrained_teacher_models/   # authors' teachers
+    """
+    from tfkd_cli.reproduce import api
+
+    if list_:
+        click.echo(api.list_tables())
+        return
+    if not table:
+        raise TfkdError("name a table (tfkd reproduce --list shows them)")
+    if seeds < 1:
+        raise TfkdError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise TfkdError(f"--jobs must be >= 1, got {jobs}")
+    api.reproduce(table, scale=scale, seeds=seeds, out=out, runs_dir=runs_dir, teachers=teachers,
+                  only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
+                  dry_run=dry_run, report_only=report_only, retry_failed=retry_failed,
+                  log=lambda m: click.echo(m, err=True), echo=click.echo)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["rich", "md", "csv", "json"]), default="rich", show_default=True)
+@click.option("--tolerance", type=float, default=2.0, show_default=True,
+              help="Highlight cells whose |ours - paper| (or |A - B|) exceeds this many points.")
+@click.option("--fail-on-claims", is_flag=True, help="Exit 1 when a claim does not hold (for CI).")
+def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool) -> None:
+    """Compare results: one results folder against the paper, two results folders row by row, or run directories side by side.
+
+    \b
+    Examples:
+      tfkd compare results/table3/mini
+      tfkd compare results/table3/smoke results/table3/mini --format md
+      tfkd compare runs/r18 runs/mv2_kd
+    """
+    from tfkd_cli.reproduce import compare as cmp
+
+    failed = cmp.compare(list(paths), fmt=fmt, tolerance=tolerance, echo=click.echo)
+    if fail_on_claims and failed:
+        click.echo(f"tfkd: {failed} claim(s) do not hold", err=True)
+        sys.exit(1)
+
+
+def main() -> None:  # console script entry point
+    cli(prog_name="tfkd")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,516 @@
+"""The training engine: one run = one resolved recipe + seed -> one run directory.
+
+The official CIFAR protocol is the default: SGD (momentum 0.9, wd 5e-4), lr = base_lr *
+batch/128, one epoch of per-iteration linear warm-up, then x0.2 at epochs 60/120/160, test
+evaluation every epoch, best-epoch reporting. The teacher runs in eval mode under
+inference mode.
+
+Resume is exact: the learning rate is a pure function of (epoch, step); the data order and
+augmentation are pure functions of (seed, epoch, step) (see `tfkd_cli.data`); the global RNG
+states (dropout) are saved in every checkpoint. A run killed at any point and resumed ends
+with the same weights and the same metrics.csv as an uninterrupted one on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tfkd_cli import checkpoint as ckpt_io
+from tfkd_cli import rundir
+from tfkd_cli.data import build_data
+from tfkd_cli.errors import RunFailed, TfkdError
+from tfkd_cli.loading import load_model
+from tfkd_cli.losses import NEEDS_TEACHER, build_loss
+from tfkd_cli.metrics import evaluate
+from tfkd_cli.models import build_model, canonical_name, count_params
+from tfkd_cli.recipe import Recipe, dump
+
+# Write a crash-point hook for tests: TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th
+# time the named point is reached (points: step, checkpoint_write, eval).
+_FAULT = os.environ.get("TFKD_FAULT", "")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the run saved a checkpoint and stopped; `--resume` continues it."""
+
+    def __init__(self, run: Path, epoch: int, step: int):
+        super().__init__(f"interrupted at epoch {epoch} step {step}; checkpoint saved. "
+                         f"Resume with: --resume --out {run}")
+        self.run = run
+
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Test hook: die by SIGKILL at the configured point (see TFKD_FAULT)."""
+    if not _FAULT:
+        return
+    point, _, n = _FAULT.partition(":")
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- small pure pieces ---------------------------------------------------------------
+
+
+def select_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise TfkdError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TfkdError(f"device {spec} requested but CUDA is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise TfkdError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of `step` (0-based) in `epoch` (1-based).
+
+    Warm-up (official utils.WarmUpLR, stepped before each iteration): base * i / W for the
+    i-th iteration (1-based) of the first W iterations. Then MultiStepLR: base * gamma^m,
+    m = number of milestones < epoch.
+    """
+    o = recipe.optim
+    base = recipe.lr
+    if epoch <= o.warmup_epochs:
+        total = o.warmup_epochs * steps_per_epoch
+        return base * ((epoch - 1) * steps_per_epoch + step + 1) / total
+    return base * o.gamma ** sum(1 for m in o.milestones if epoch > m)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": _np_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _np_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    n = st["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# -- distributed ---------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str) -> tuple[Dist, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: then one process per device (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), select_device(device_spec)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+# -- the run -------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    """Everything a checkpoint must restore besides weights and optimizer."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of epoch+1 (mid-epoch checkpoint)
+    best: dict = field(default_factory=lambda: {"top1": -1.0, "epoch": 0})
+    history: list = field(default_factory=list)  # metrics.csv rows
+    acc: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "count": 0})  # running epoch stats
+    train_time: float = 0.0  # seconds of training so far (all sessions)
+    images: int = 0  # training images processed so far, all ranks
+
+
+def _check_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> Optional[dict]:
+    """Decide what to do with `out`; returns the checkpoint to resume from, if any."""
+    if out.exists() and not out.is_dir():
+        raise TfkdError(f"--out {out} exists and is not a directory")
+    summary = rundir.read_summary(out) if out.is_dir() else None
+    last = out / rundir.LAST
+    if overwrite:
+        return None
+    if summary and summary.get("status") == "finished" and not resume:
+        raise TfkdError(f"{out} already holds a finished run; use --resume to keep it, "
+                        "--overwrite to replace it, or another --out")
+    if out.is_dir() and any(out.iterdir()) and not resume and (last.exists() or summary):
+        raise TfkdError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
+    if not resume or not last.exists():
+        return None
+    ck = ckpt_io.load(last)
+    if not ckpt_io.is_tfkd(ck):
+        raise TfkdError(f"{last} is not a tfkd checkpoint; cannot resume from it")
+    if ck.get("recipe_hash") != recipe.hash():
+        raise TfkdError(f"{last} was written by another recipe (hash {ck.get('recipe_hash')} vs "
+                        f"{recipe.hash()}); resume with the same recipe, or --overwrite")
+    return ck
+
+
+class _SignalGuard:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and stops."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: dict = {}
+
+    def __enter__(self) -> "_SignalGuard":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.hit:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) one training described by `recipe`; returns its summary."""
+    out = Path(out)
+    dd, device = init_distributed(recipe.runtime.device)
+    if dd.main:
+        resume_ck = _check_out_dir(out, recipe, resume, overwrite)
+        if overwrite and out.is_dir():
+            # Only the files a run writes; anything else the user keeps there stays.
+            for name in (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LAST, rundir.BEST, "timings.csv"):
+                (out / name).unlink(missing_ok=True)
+            for p in out.glob("epoch_*.pt"):
+                p.unlink()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TfkdError(f"cannot create run directory {out}: {e.strerror}") from None
+        if not os.access(out, os.W_OK):
+            raise TfkdError(f"run directory {out} is not writable")
+    else:
+        resume_ck = ckpt_io.load(out / rundir.LAST) if resume and (out / rundir.LAST).exists() else None
+    lock = rundir.RunLock(out)
+    if dd.main:
+        lock.acquire()
+    try:
+        return _train(recipe, out, resume_ck, dd, device, progress, log)
+    finally:
+        lock.release()
+
+
+def _autocast(recipe: Recipe, device: torch.device):
+    if recipe.runtime.amp and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return None
+
+
+def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, device: torch.device,
+           progress: bool, log: Callable[[str], None]) -> dict:
+    rt = recipe.runtime
+    if rt.threads:
+        torch.set_num_threads(rt.threads)
+    if rt.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    data = build_data(recipe.data.dataset, recipe.data.root, download=recipe.data.download,
+                      per_class=recipe.data.per_class, subset_seed=recipe.data.subset_seed,
+                      augment=recipe.data.augment, device=device, batch_size=recipe.train.batch_size,
+                      eval_batch_size=recipe.train.eval_batch_size, workers=recipe.data.workers,
+                      rank=dd.rank, world_size=dd.world, channels_last=rt.channels_last)
+    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+    autocast = _autocast(recipe, device)
+
+    # Teacher first: a bad teacher path should fail before any file is written.
+    teacher, teacher_info = None, None
+    if recipe.method in NEEDS_TEACHER:
+        t = recipe.teacher
+        loaded = load_model(Path(t.path), model=t.model, width=t.width, num_classes=data.num_classes,
+                            epoch=t.epoch)
+        if recipe.method == "kd_self" and loaded.name != canonical_name(recipe.model):
+            log(f"note: kd_self teacher is a {loaded.name}, student a {canonical_name(recipe.model)}")
+        teacher = loaded.model.to(device, memory_format=fmt).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher_info = loaded.provenance()
+        if dd.main:
+            teacher_info["test"] = evaluate(teacher, data.test_batches(), autocast)
+            log(f"teacher {loaded.name} ({loaded.source}, {loaded.file.name}): "
+                f"test top-1 {teacher_info['test']['top1']:.2f}%")
+
+    seed_everything(recipe.seed)
+    model = build_model(recipe.model, num_classes=data.num_classes, width=recipe.width)
+    model = model.to(device, memory_format=fmt)
+    arch = {"model": canonical_name(recipe.model), "num_classes": data.num_classes, "width": recipe.width}
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.optim.momentum,
+                                weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov,
+                                foreach=True)
+    state = State()
+    if resume_ck is not None:
+        ckpt_io.load_weights(model, resume_ck["model"], out / rundir.LAST, f"this run's {arch['model']}")
+        optimizer.load_state_dict(resume_ck["optimizer"])
+        s = resume_ck["state"]
+        state = State(epoch=s["epoch"], step=s["step"], best=s["best"], history=s["history"],
+                      acc=s["acc"], train_time=s["train_time"], images=s["images"])
+        set_rng_state(resume_ck["rng"])
+        if dd.main:
+            log(f"resuming {out} at epoch {state.epoch + 1} step {state.step}")
+
+    net: nn.Module = model
+    if dd.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    fwd = torch.compile(net) if rt.compile else net
+    loss_fn = build_loss(recipe.method, **_loss_params(recipe))
+
+    if dd.main:
+        rundir.atomic_write_text(out / rundir.RECIPE, dump(recipe))
+        base_summary = {
+            "status": "running", "name": recipe.name, "recipe_hash": recipe.hash(), "seed": recipe.seed,
+            "model": arch["model"], "width": recipe.width, "method": recipe.method,
+            "dataset": recipe.data.dataset, "num_classes": data.num_classes,
+            "num_train": data.num_train, "num_test": data.num_test,
+            "params": count_params(model), "epochs": recipe.train.epochs,
+            "world_size": dd.world, "amp": bool(autocast), "compile": rt.compile,
+            "deterministic": rt.deterministic, "teacher": teacher_info,
+            **rundir.provenance(device),
+        }
+        rundir.write_summary(out, {**base_summary, **_results(state)})
+
+    def save_checkpoint(path_names: list[str]) -> None:
+        ck = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "arch": arch,
+              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+              "epoch": state.epoch, "recipe_hash": recipe.hash(), "rng": rng_state(),
+              "state": {"epoch": state.epoch, "step": state.step, "best": state.best,
+                        "history": state.history, "acc": state.acc, "train_time": state.train_time,
+                        "images": state.images}}
+        for name in path_names:
+            fault_point("checkpoint_write")
+            ckpt_io.save(out / name, ck)
+
+    guard = _SignalGuard()
+    timings: list[dict] = []
+    with guard, _progress(progress and dd.main, recipe, data.steps_per_epoch, state) as bar:
+        while state.epoch < recipe.train.epochs:
+            epoch = state.epoch + 1
+            model.train()
+            t0 = time.perf_counter()
+            images = 0  # since the last merge into state.acc
+            seen = 0  # this session's images in this epoch, for throughput
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+            start = state.step
+            for step, (x, y) in enumerate(data.train_batches(epoch, recipe.seed, start_step=start), start):
+                fault_point("step")
+                lr = lr_at(recipe, epoch, step, data.steps_per_epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                with (autocast() if autocast else contextlib.nullcontext()):
+                    logits = fwd(x)
+                    t_logits = None
+                    if teacher is not None:
+                        with torch.inference_mode():
+                            t_logits = teacher(x)
+                        t_logits = t_logits.clone()  # leave inference mode for autograd
+                loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
+                ok = torch.isfinite(loss)
+                bad_step = torch.where((~ok) & (bad_step < 0), torch.tensor(step, device=device), bad_step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = y.shape[0]
+                loss_sum += loss.detach().double() * n
+                correct += (logits.detach().argmax(1) == y).sum()
+                images += n
+                seen += n
+                # Checking for NaN syncs with the device: every step on CPU, every 50 on GPU.
+                if device.type == "cpu" or step % 50 == 49:
+                    _raise_if_bad(bad_step, epoch, out, recipe, dd)
+                state.step = step + 1
+                if bar is not None:
+                    bar(epoch, step + 1, float(loss.detach()), lr)
+                if recipe.train.checkpoint_every and state.step % recipe.train.checkpoint_every == 0 \
+                        and state.step < data.steps_per_epoch:
+                    state.acc = _merged(state.acc, loss_sum, correct, images)
+                    loss_sum.zero_(); correct.zero_(); images = 0
+                    if dd.main:
+                        save_checkpoint([rundir.LAST])
+                if guard.hit:
+                    state.acc = _merged(state.acc, loss_sum, correct, images)
+                    state.train_time += time.perf_counter() - t0
+                    state.images += seen * dd.world
+                    if dd.main:
+                        save_checkpoint([rundir.LAST])
+                        rundir.write_summary(out, {**base_summary, **_results(state), "status": "interrupted"})
+                    raise Interrupted(out, epoch, state.step)
+            _raise_if_bad(bad_step, epoch, out, recipe, dd)
+            acc = _merged(state.acc, loss_sum, correct, images)
+            if dd.world > 1:
+                t = torch.tensor([acc["loss"], acc["correct"], acc["count"]], dtype=torch.float64, device=device)
+                dist.all_reduce(t)
+                acc = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2])}
+            train_s = time.perf_counter() - t0
+            state.train_time += train_s
+            state.images += seen * dd.world
+            fault_point("eval")
+            test = evaluate(model, data.test_batches(), autocast) if dd.main else None
+            state.epoch, state.step = epoch, 0
+            state.acc = {"loss": 0.0, "correct": 0, "count": 0}
+            if dd.main:
+                row = {"epoch": epoch, "lr": float(f"{lr_at(recipe, epoch, data.steps_per_epoch - 1, data.steps_per_epoch):.6g}"),
+                       "train_loss": round(acc["loss"] / max(acc["count"], 1), 6),
+                       "train_top1": round(acc["correct"] / max(acc["count"], 1) * 100, 4),
+                       **{f"test_{k}": round(v, 4) for k, v in test.items()}}
+                state.history.append(row)
+                is_best = test["top1"] >= state.best["top1"]  # official: ties go to the later epoch
+                if is_best:
+                    state.best = {"top1": test["top1"], "epoch": epoch}
+                # Order matters for crash safety: best/epoch files before last.pt (see module doc).
+                names = ([rundir.BEST] if is_best else []) + \
+                        ([rundir.epoch_file(epoch)] if epoch in recipe.train.keep_epochs else []) + [rundir.LAST]
+                save_checkpoint(names)
+                rundir.write_metrics(out, state.history)
+                timings.append({"epoch": epoch, "train_s": round(train_s, 3),
+                                "images_per_s": round(seen * dd.world / max(train_s, 1e-9), 1)})
+                _append_timings(out, timings[-1])
+                rundir.write_summary(out, {**base_summary, **_results(state)})
+            if dd.world > 1:
+                dist.barrier()
+
+    result = {**base_summary, **_results(state), "status": "finished"} if dd.main else {}
+    if dd.main:
+        rundir.write_summary(out, result)
+    return result
+
+
+def _merged(acc: dict, loss_sum: torch.Tensor, correct: torch.Tensor, images: int) -> dict:
+    return {"loss": acc["loss"] + float(loss_sum), "correct": acc["correct"] + int(correct),
+            "count": acc["count"] + images}
+
+
+def _raise_if_bad(bad_step: torch.Tensor, epoch: int, out: Path, recipe: Recipe, dd: Dist) -> None:
+    step = int(bad_step)
+    if step < 0:
+        return
+    msg = (f"non-finite loss at epoch {epoch} step {step + 1}; stopped. The last good checkpoint "
+           f"is kept in {out / rundir.LAST}" if (out / rundir.LAST).exists() else
+           f"non-finite loss at epoch {epoch} step {step + 1}; stopped before any checkpoint")
+    if dd.main:
+        s = rundir.read_summary(out) or {}
+        s.update({"status": "failed", "error": msg})
+        rundir.write_summary(out, s)
+    raise RunFailed(msg)
+
+
+def _results(state: State) -> dict:
+    hist = state.history
+    last = hist[-1] if hist else None
+    best = next((r for r in hist if r["epoch"] == state.best["epoch"]), None)
+
+    def pick(row: Optional[dict]) -> Optional[dict]:
+        if row is None:
+            return None
+        return {"epoch": row["epoch"], "top1": row["test_top1"], "top5": row["test_top5"],
+                "nll": row["test_nll"], "ece": row["test_ece"], "train_top1": row["train_top1"]}
+
+    return {"epochs_done": state.epoch, "best": pick(best), "last": pick(last),
+            "train_time_s": round(state.train_time, 2),
+            "images_per_s": round(state.images / state.train_time, 1) if state.train_time > 0 else None}
+
+
+def _append_timings(out: Path, row: dict) -> None:
+    p = out / "timings.csv"
+    new = not p.exists()
+    with open(p, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(str(v) for v in row.values()) + "\n")
+
+
+def _loss_params(recipe: Recipe) -> dict:
+    l = recipe.loss
+    return {"alpha": l.alpha, "temperature": l.temperature, "multiplier": l.multiplier,
+            "correct_prob": l.correct_prob, "epsilon": l.epsilon, "semantics": l.semantics}
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, recipe: Recipe, steps: int, state: State) -> Iterator:
+    """A rich progress bar with loss, lr and images/s; yields an update function or None."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cols = [TextColumn("[bold]{task.fields[tag]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.4g}  {task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn()]
+    with Progress(*cols, transient=True) as p:
+        task = p.add_task("train", total=steps, tag="", loss=0.0, lr=0.0, ips=0.0)
+        t0, n0 = [time.perf_counter()], [0]
+        cur = [0]
+
+        def update(epoch: int, step: int, loss: float, lr: float) -> None:
+            if epoch != cur[0]:
+                cur[0] = epoch
+                t0[0], n0[0] = time.perf_counter(), step - 1
+            dt = time.perf_counter() - t0[0]
+            ips = (step - n0[0]) * recipe.train.batch_size / dt if dt > 0 else 0.0
+            p.update(task, completed=step, tag=f"epoch {epoch}/{recipe.train.epochs}", loss=loss, lr=lr, ips=ips)
+
+        yield update

@@ -1,0 +1,409 @@
+"""Run recipes: typed dataclasses loaded from YAML, validated at load time.
+
+A recipe file is YAML read with `yaml.safe_load` (no Python tags, nothing imported or
+called). `base:` names one file (or a list) to inherit from, relative to the file; later
+values win, nested mappings merge. Then `--set a.b=c` overrides apply, then CLI shortcut
+flags. The result is checked field by field against `Recipe`: an unknown key, a wrong type
+or a value out of range is a `TfkdError` naming the source and the key.
+
+Why typed dataclasses: a run is a function of its resolved recipe and seed, so the
+resolved recipe (saved as `recipe.yaml` in every run directory) must be complete and exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from tfkd_cli.errors import TfkdError
+
+METHODS = ("ce", "kd", "kd_self", "tfkd_reg", "lsr")
+TEACHER_METHODS = ("kd", "kd_self")
+
+
+@dataclass
+class TeacherCfg:
+    """Where the teacher comes from (methods kd and kd_self)."""
+
+    path: Optional[str] = None  # a tfkd run directory or a checkpoint file (tfkd or official .pth.tar)
+    model: Optional[str] = None  # architecture; needed for official checkpoints, else read from the run
+    epoch: Optional[int] = None  # a kept epoch checkpoint of the teacher run (De-KD), else its best
+    width: Optional[float] = None  # width of an official checkpoint's model (default 1.0)
+
+
+@dataclass
+class LossCfg:
+    """Loss parameters; see `tfkd_cli.losses` for the formulas."""
+
+    alpha: float = 0.9  # weight of the soft term; (1 - alpha) on CE
+    temperature: float = 20.0
+    multiplier: float = 1.0  # extra factor on the KL term (official kd_self / tfkd_reg)
+    correct_prob: float = 0.99  # Tf-KD_reg: probability of the true class in p^d
+    epsilon: float = 0.1  # LSR smoothing
+    semantics: Literal["official", "paper"] = "official"
+
+
+@dataclass
+class DataCfg:
+    dataset: str = "cifar100"
+    root: Optional[str] = None  # default: env TFKD_DATA_ROOT, else ./data
+    download: bool = False
+    per_class: Optional[int] = None  # class-balanced training subset (reduced scales)
+    subset_seed: int = 0
+    augment: bool = True
+    workers: int = 4  # folder datasets only
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 0.1  # at batch size lr_ref_batch; scaled linearly with the batch size
+    lr_ref_batch: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    warmup_epochs: int = 1  # per-iteration linear warm-up over these epochs (official: 1)
+    milestones: list[int] = field(default_factory=lambda: [60, 120, 160])
+    gamma: float = 0.2
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    keep_epochs: list[int] = field(default_factory=list)  # epoch checkpoints to keep (De-KD teachers)
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
+    report: Literal["best", "last"] = "best"  # which epoch a results table reports (official: best)
+
+
+@dataclass
+class RuntimeCfg:
+    """How to run; none of this enters the recipe hash."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the student
+    channels_last: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms; cudnn.benchmark off
+    threads: int = 0  # torch CPU threads (0: torch default)
+
+
+@dataclass
+class Recipe:
+    model: str = "resnet18"
+    width: float = 1.0
+    method: str = "ce"
+    seed: int = 0
+    teacher: TeacherCfg = field(default_factory=TeacherCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    runtime: RuntimeCfg = field(default_factory=RuntimeCfg)
+    name: Optional[str] = None  # free label, e.g. the table row
+
+    # -- derived values -------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """Official LR scaling: lr = base_lr * batch / 128."""
+        return self.optim.lr * self.train.batch_size / self.optim.lr_ref_batch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Hash of everything that changes the numbers (not runtime, data location or name)."""
+        d = self.to_dict()
+        d.pop("runtime")
+        d.pop("name")
+        for k in ("root", "download", "workers"):
+            d["data"].pop(k)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- validation ----------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except TfkdError:
+                pass
+        raise TfkdError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise TfkdError(f"{where}: {value!r} is not allowed; choose from {_type_name(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise TfkdError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TfkdError(f"{where}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    raise TfkdError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            raise TfkdError(f"unknown recipe key '{path}'; allowed here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _check_ranges(r: Recipe, src: str) -> None:
+    """Value checks a type cannot express; each names the key and what is allowed."""
+
+    def bad(key: str, what: str) -> None:
+        raise TfkdError(f"{src}: {key} must be {what}")
+
+    from tfkd_cli.losses import LOSSES
+    from tfkd_cli.models import canonical_name
+
+    try:
+        canonical_name(r.model)
+    except TfkdError as e:
+        raise TfkdError(f"{src}: model: {e}") from None
+    if r.teacher.model is not None:
+        try:
+            canonical_name(r.teacher.model)
+        except TfkdError as e:
+            raise TfkdError(f"{src}: teacher.model: {e}") from None
+    if r.method not in LOSSES:
+        bad("method", f"one of {', '.join(LOSSES)} (got {r.method!r})")
+    if r.width <= 0:
+        bad("width", f"> 0 (got {r.width})")
+    if not 0.0 <= r.loss.alpha <= 1.0:
+        bad("loss.alpha", f"in [0, 1] (got {r.loss.alpha})")
+    if r.loss.temperature <= 0:
+        bad("loss.temperature", f"> 0 (got {r.loss.temperature})")
+    if r.loss.multiplier < 0:
+        bad("loss.multiplier", f">= 0 (got {r.loss.multiplier})")
+    if not 0.0 < r.loss.correct_prob < 1.0:
+        bad("loss.correct_prob", f"in (0, 1) (got {r.loss.correct_prob})")
+    if not 0.0 <= r.loss.epsilon < 1.0:
+        bad("loss.epsilon", f"in [0, 1) (got {r.loss.epsilon})")
+    if r.optim.lr <= 0:
+        bad("optim.lr", f"> 0 (got {r.optim.lr})")
+    if r.optim.lr_ref_batch <= 0:
+        bad("optim.lr_ref_batch", f"> 0 (got {r.optim.lr_ref_batch})")
+    if not 0.0 <= r.optim.momentum < 1.0:
+        bad("optim.momentum", f"in [0, 1) (got {r.optim.momentum})")
+    if r.optim.weight_decay < 0:
+        bad("optim.weight_decay", f">= 0 (got {r.optim.weight_decay})")
+    if r.optim.warmup_epochs < 0:
+        bad("optim.warmup_epochs", f">= 0 (got {r.optim.warmup_epochs})")
+    if r.optim.gamma <= 0:
+        bad("optim.gamma", f"> 0 (got {r.optim.gamma})")
+    if r.optim.milestones != sorted(r.optim.milestones) or any(m <= 0 for m in r.optim.milestones):
+        bad("optim.milestones", f"increasing positive epochs (got {r.optim.milestones})")
+    if r.train.epochs <= 0:
+        bad("train.epochs", f"> 0 (got {r.train.epochs})")
+    if r.train.batch_size <= 0:
+        bad("train.batch_size", f"> 0 (got {r.train.batch_size})")
+    if r.train.eval_batch_size <= 0:
+        bad("train.eval_batch_size", f"> 0 (got {r.train.eval_batch_size})")
+    if any(not 1 <= e <= r.train.epochs for e in r.train.keep_epochs):
+        bad("train.keep_epochs", f"epochs in 1..{r.train.epochs} (got {r.train.keep_epochs})")
+    if r.train.checkpoint_every < 0:
+        bad("train.checkpoint_every", f">= 0 (got {r.train.checkpoint_every})")
+    if r.data.per_class is not None and r.data.per_class <= 0:
+        bad("data.per_class", f"> 0 or null (got {r.data.per_class})")
+    if r.method in TEACHER_METHODS and not r.teacher.path:
+        bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher)")
+    if r.teacher.epoch is not None and r.teacher.epoch <= 0:
+        bad("teacher.epoch", f">= 1 (got {r.teacher.epoch})")
+
+
+# -- loading -------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping safely; python tags and malformed files are one-line errors."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise TfkdError(f"recipe file not found: {path}") from None
+    except OSError as e:
+        raise TfkdError(f"cannot read recipe {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        raise TfkdError(f"{path}: refused YAML tag {e.problem.split()[-1] if e.problem else ''} "
+                        "(recipes are plain data; no Python objects)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise TfkdError(f"{path}: malformed YAML{at}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TfkdError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep merge: nested mappings merge, everything else in `over` replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_layers(path: Path, _seen: tuple = ()) -> dict:
+    """A recipe file with its `base:` chain resolved (a plain dict, not yet validated)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise TfkdError(f"{path}: circular 'base:' chain")
+    data = read_yaml(path)
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise TfkdError(f"{path}: base must be a file path or a list of them")
+    merged: dict = {}
+    for b in bases:
+        merged = merge(merged, load_layers(path.parent / b, _seen + (path,)))
+    return merge(merged, data)
+
+
+def parse_set(items: typing.Iterable[str]) -> dict:
+    """`a.b=c` strings to a nested dict; values are parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise TfkdError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise TfkdError(f"--set {item!r}: cannot parse the value {raw!r}") from None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise TfkdError(f"--set {item!r}: {p} is set twice")
+        node[parts[-1]] = value
+    return out
+
+
+def from_dict(data: dict, source: str = "recipe") -> Recipe:
+    """Validate a plain dict into a `Recipe`; errors name `source` and the key."""
+    try:
+        r = _build(Recipe, data, "")
+    except TfkdError as e:
+        raise TfkdError(f"{source}: {e}") from None
+    _check_ranges(r, source)
+    return r
+
+
+def resolve(file: Optional[str | Path] = None, sets: typing.Iterable[str] = (),
+            overrides: Optional[dict] = None, defaults: Optional[dict] = None) -> Recipe:
+    """The one way to build a recipe: defaults < file (with bases) < --set < flags."""
+    data = copy.deepcopy(defaults or {})
+    source = "recipe"
+    if file:
+        data = merge(data, load_layers(Path(file)))
+        source = str(file)
+    data = merge(data, parse_set(sets))
+    data = merge(data, overrides or {})
+    return from_dict(data, source)
+
+
+def recipes_dir() -> Path:
+    """The recipes/ folder of this checkout ($TFKD_RECIPES overrides)."""
+    env = os.environ.get("TFKD_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _pick(layers: list[dict], *keys: str) -> Any:
+    """The value of a nested key in the highest layer that sets it."""
+    for layer in reversed(layers):
+        node: Any = layer
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def resolve_run(file: Optional[str | Path] = None, sets: typing.Iterable[str] = (),
+                overrides: Optional[dict] = None, base: Optional[dict] = None) -> Recipe:
+    """A run's recipe: defaults < dataset profile < `base` < file < --set < flags.
+
+    The dataset profile (recipes/datasets/<dataset>.yaml, if any) holds a dataset's own
+    protocol, e.g. ImageNet's 90 epochs or the short schedule of the offline `digits` set.
+    """
+    layers = [copy.deepcopy(base or {})]
+    if file:
+        layers.append(load_layers(Path(file)))
+    layers += [parse_set(sets), overrides or {}]
+    dataset = _pick(layers, "data", "dataset") or DataCfg.dataset
+    profile = recipes_dir() / "datasets" / f"{dataset}.yaml"
+    data = load_layers(profile) if profile.is_file() else {}
+    for layer in layers:
+        data = merge(data, layer)
+    return from_dict(data, str(file) if file else "recipe")
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,159 @@
+"""From a table recipe, a scale and seeds to a plan: every run, resolved, in dependency order.
+
+Run directories are content-addressed: `<runs_dir>/<model>_<method>_s<seed>_<key>`, where
+the key hashes the run's resolved recipe with its teacher replaced by the teacher's own key.
+So a run shared by several rows (the ResNet18 teacher) or several tables is planned and
+trained once, and a finished run is recognised by its directory alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from tfkd_cli.errors import TfkdError
+from tfkd_cli.recipe import Recipe, from_dict, merge
+from tfkd_cli.reproduce.spec import Scale, Table
+
+
+@dataclass
+class PlannedRun:
+    id: str  # run id in the table recipe
+    seed: int
+    recipe: Recipe
+    dir: Path
+    key: str
+    deps: list[tuple[str, int]] = field(default_factory=list)  # (run id, seed) it needs finished
+    release: Optional[Path] = None  # set when the authors' released weights stand in for it
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}@s{self.seed}"
+
+    @property
+    def external(self) -> bool:
+        return self.release is not None
+
+
+def scale_epoch(e: int, factor: float) -> int:
+    """An epoch count under a scale: in proportion, at least 1."""
+    return max(1, round(e * factor))
+
+
+def _apply_scale(d: dict, factor: float) -> dict:
+    """Scale epochs, milestones, kept epochs and teacher epochs of a full recipe dict."""
+    if factor == 1.0:
+        return d
+    d = copy.deepcopy(d)
+    d["train"]["epochs"] = scale_epoch(d["train"]["epochs"], factor)
+    d["train"]["keep_epochs"] = sorted({scale_epoch(e, factor) for e in d["train"]["keep_epochs"]})
+    ms = sorted({scale_epoch(m, factor) for m in d["optim"]["milestones"]})
+    d["optim"]["milestones"] = [m for m in ms if m < d["train"]["epochs"]] or ms[:1]
+    if d["teacher"].get("epoch") is not None:
+        d["teacher"]["epoch"] = scale_epoch(d["teacher"]["epoch"], factor)
+    return d
+
+
+def _order(table: Table) -> list[str]:
+    """Run ids with every teacher before its students (a cycle is a recipe error)."""
+    done: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(rid: str) -> None:
+        if rid in done:
+            return
+        if rid in visiting:
+            raise TfkdError(f"{table.file}: teacher references form a cycle at run {rid!r}")
+        visiting.add(rid)
+        t = (table.runs[rid].get("teacher") or {}).get("run")
+        if t:
+            visit(t)
+        visiting.discard(rid)
+        done.append(rid)
+
+    for rid in table.runs:
+        visit(rid)
+    return done
+
+
+def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
+               teachers: Optional[Path] = None, only: Optional[set[str]] = None) -> list[PlannedRun]:
+    """Every (run, seed) of the table, resolved and ordered; `only` keeps those runs and their deps."""
+    runs_dir = Path(runs_dir).resolve()
+    defaults = Recipe().to_dict()
+    plan: list[PlannedRun] = []
+    by_id: dict[tuple[str, int], PlannedRun] = {}
+    for seed in seeds:
+        for rid in _order(table):
+            spec = copy.deepcopy(table.runs[rid])
+            t = spec.pop("teacher", None) or {}
+            teacher_run, teacher_epoch = t.pop("run", None), t.get("epoch")
+            layer = merge(merge(table.run_defaults, spec), {"teacher": t} if t else {})
+            full = merge(defaults, layer)
+            full = _apply_scale(full, scale.epoch_factor)
+            full = merge(full, scale.overrides)
+            full["seed"] = seed
+            full["name"] = rid
+            deps = []
+            teacher_key = None
+            if teacher_run:
+                dep = by_id[(teacher_run, seed)]
+                deps.append((teacher_run, seed))
+                full["teacher"]["path"] = str(dep.release or dep.dir)
+                if dep.release is not None:
+                    full["teacher"]["model"] = dep.recipe.model
+                    full["teacher"]["width"] = 1.0
+                else:
+                    full["teacher"]["model"] = None
+                teacher_key = dep.key
+                if teacher_epoch is not None and dep.release is None and \
+                        full["teacher"]["epoch"] not in dep.recipe.train.keep_epochs and \
+                        full["teacher"]["epoch"] != dep.recipe.train.epochs:
+                    raise TfkdError(f"{table.file}: run {rid!r} uses epoch {full['teacher']['epoch']} of "
+                                    f"{teacher_run!r}, which does not keep it (train.keep_epochs)")
+            recipe = from_dict(full, f"{table.file} run {rid}")
+            key = _key(recipe, teacher_key)
+            release = None
+            if teachers is not None and rid in table.releases:
+                release = Path(teachers) / table.releases[rid]
+            d = runs_dir / f"{recipe.model}_{recipe.method}_s{seed}_{key}"
+            pr = PlannedRun(rid, seed, recipe, d, key, deps, release)
+            plan.append(pr)
+            by_id[(rid, seed)] = pr
+    if only:
+        keep: set[tuple[str, int]] = set()
+
+        def need(k: tuple[str, int]) -> None:
+            if k not in keep:
+                keep.add(k)
+                for dep in by_id[k].deps:
+                    need(dep)
+
+        for p in plan:
+            if p.id in only:
+                need((p.id, p.seed))
+        plan = [p for p in plan if (p.id, p.seed) in keep]
+    return plan
+
+
+def _key(recipe: Recipe, teacher_key: Optional[str]) -> str:
+    d = recipe.to_dict()
+    for k in ("runtime", "name"):
+        d.pop(k)
+    for k in ("root", "download", "workers"):
+        d["data"].pop(k)
+    if teacher_key is not None:
+        d["teacher"]["path"] = teacher_key
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def unique_runs(plan: list[PlannedRun]) -> list[PlannedRun]:
+    """Plan entries with distinct directories (two run ids may resolve to one run)."""
+    seen: dict[Path, PlannedRun] = {}
+    for p in plan:
+        seen.setdefault(p.dir, p)
+    return list(seen.values())

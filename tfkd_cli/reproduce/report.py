@@ -1,0 +1,302 @@
+"""Results tables: the paper's numbers beside ours, with mean ± std over seeds and verdicts.
+
+`build_results` reads the finished runs of a plan and returns one JSON-able dict; `write`
+turns it into results/<table>/<scale>/{table.md, table.csv, table.json, table.png}, each
+written atomically. Every number comes from a run's summary.json or metrics.csv.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from tfkd_cli import rundir
+from tfkd_cli.checkpoint import atomic_write, atomic_write_text
+from tfkd_cli.reproduce.plan import PlannedRun, scale_epoch, unique_runs
+from tfkd_cli.reproduce.spec import Scale, Table
+
+NA = "n/a"
+
+
+def _fmt(x: Optional[float], nd: int = 2) -> str:
+    return NA if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def _epoch_top1(run: Path, epoch: int) -> Optional[float]:
+    for r in rundir.read_metrics(run):
+        if int(r["epoch"]) == epoch:
+            return float(r["test_top1"])
+    return None
+
+
+def _cell_values(cell, runs: list[PlannedRun], factor: float) -> dict:
+    """Per-seed values of one cell: the reported top-1 and, for reference, best and last."""
+    vals, best, last, train, dirs, teachers = [], [], [], [], [], []
+    for p in runs:
+        s = rundir.read_summary(p.dir) if not p.external else None
+        if not s or s.get("status") != "finished":
+            continue
+        dirs.append(str(p.dir))
+        if cell.epoch is not None:
+            v = _epoch_top1(p.dir, scale_epoch(cell.epoch, factor))
+            if v is None:
+                continue
+            vals.append(v)
+            continue
+        b, l = s.get("best") or {}, s.get("last") or {}
+        report = p.recipe.train.report
+        vals.append((b if report == "best" else l)["top1"])
+        best.append(b["top1"])
+        last.append(l["top1"])
+        train.append(l.get("train_top1"))
+        if s.get("teacher"):
+            t = s["teacher"]
+            teachers.append({"source": t["source"], "file": t["file"], "sha256": t["sha256"],
+                             "top1": t.get("test", {}).get("top1")})
+    return {"values": vals, "best": best, "last": last, "train": [t for t in train if t is not None],
+            "dirs": dirs, "teachers": teachers}
+
+
+def _mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]) -> dict:
+    by_id: dict[str, list[PlannedRun]] = {}
+    for p in plan:
+        by_id.setdefault(p.id, []).append(p)
+    rows = []
+    for row in table.rows:
+        cells = {}
+        for col in table.columns:
+            cell = row.cells.get(col.key)
+            if cell is None:
+                continue
+            c = {"name": cell.name, "paper": cell.paper, "paper_std": cell.paper_std,
+                 "paper_gain": cell.paper_gain, "note": cell.note, "run": cell.run, "epoch": cell.epoch}
+            if cell.run:
+                v = _cell_values(cell, by_id.get(cell.run, []), scale.epoch_factor)
+                mean, std = _mean_std(v["values"])
+                c.update({"mean": mean, "std": std, "n": len(v["values"]), "values": v["values"],
+                          "best_mean": _mean_std(v["best"])[0], "last_mean": _mean_std(v["last"])[0],
+                          "train_top1_mean": _mean_std(v["train"])[0], "runs": v["dirs"],
+                          "teachers": v["teachers"],
+                          "delta_paper": None if mean is None or cell.paper is None else mean - cell.paper})
+            else:
+                c.update({"mean": None, "std": None, "n": 0})
+            cells[col.key] = c
+        claims = []
+        for cl in table.claims:
+            a, b = cells.get(cl.column), cells.get(cl.baseline)
+            if a is None or b is None:
+                continue
+            ours = _verdict(cl, a.get("mean"), b.get("mean"))
+            paper = _verdict(cl, a.get("paper"), b.get("paper"))
+            gain = None if a.get("mean") is None or b.get("mean") is None else a["mean"] - b["mean"]
+            paper_gain = None if a.get("paper") is None or b.get("paper") is None else a["paper"] - b["paper"]
+            claims.append({"text": cl.text, "kind": cl.kind, "column": cl.column, "baseline": cl.baseline,
+                           "gain": gain, "paper_gain": paper_gain, "verdict": ours, "paper_verdict": paper})
+            a.setdefault("gain_over", {})[cl.baseline] = gain
+        rows.append({"label": row.label, "note": row.note, "cells": cells, "claims": claims})
+    return {"table": table.table, "title": table.title, "source": table.source, "status": table.status,
+            "paper_dataset": table.dataset, "columns": [{"key": c.key, "title": c.title} for c in table.columns],
+            "rows": rows, "notes": table.notes, "header": _header(table, scale, plan, seeds)}
+
+
+def _verdict(cl, x: Optional[float], y: Optional[float]) -> str:
+    if x is None or y is None:
+        return NA
+    if cl.kind == "matches":
+        return "yes" if x >= y - cl.tolerance else "no"
+    return "yes" if x > y else "no"
+
+
+def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]) -> dict:
+    total, done, failed, prov = 0.0, 0, [], None
+    uniq = unique_runs(plan)
+    for p in uniq:
+        s = rundir.read_summary(p.dir) if not p.external else None
+        if not s:
+            continue
+        total += float(s.get("train_time_s") or 0.0)
+        if s.get("status") == "finished":
+            done += 1
+            prov = prov or s
+        elif s.get("status") == "failed":
+            failed.append({"run": p.name, "error": s.get("error")})
+    datasets = sorted({p.recipe.data.dataset for p in plan})
+    keys = ("tfkd", "git_commit", "torch", "torchvision", "python", "device", "hardware")
+    return {
+        "scale": scale.scale, "scale_description": scale.description,
+        "comparable_with_paper": scale.comparable_with_paper,
+        "dataset": ", ".join(datasets), "data_note": scale.data_note,
+        "seeds": seeds, "runs_total": len(uniq), "runs_finished": done, "runs_failed": failed,
+        "compute_time_s": round(total, 1),
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({k: prov.get(k) for k in keys} if prov else {}),
+    }
+
+
+# -- rendering -----------------------------------------------------------------------
+
+
+def _cell_text(c: dict) -> tuple[str, str]:
+    paper = NA if c.get("paper") is None else (
+        f"{c['paper']:.2f}" + (f"±{c['paper_std']:.2f}" if c.get("paper_std") is not None else ""))
+    if not c.get("run"):
+        ours = "not run"
+    elif not c.get("n"):
+        ours = "pending"
+    else:
+        ours = f"{c['mean']:.2f}±{c['std']:.2f} (n={c['n']})"
+    name = f"{c['name']}: " if c.get("name") else ""
+    return name + paper, ours
+
+
+def to_frame(res: dict):
+    """Long format: one line per (row, column) with every number."""
+    import pandas as pd
+
+    lines = []
+    for r in res["rows"]:
+        verdicts = {cl["column"]: cl for cl in r["claims"]}
+        for key, c in r["cells"].items():
+            cl = verdicts.get(key)
+            lines.append({
+                "row": r["label"], "column": key, "name": c.get("name"),
+                "paper": c.get("paper"), "paper_std": c.get("paper_std"), "paper_gain": c.get("paper_gain"),
+                "mean": c.get("mean"), "std": c.get("std"), "n": c.get("n"),
+                "best_epoch_top1": c.get("best_mean"), "last_epoch_top1": c.get("last_mean"),
+                "train_top1": c.get("train_top1_mean"), "delta_paper": c.get("delta_paper"),
+                "gain": cl["gain"] if cl else None, "claim": cl["text"] if cl else None,
+                "verdict": cl["verdict"] if cl else None, "paper_verdict": cl["paper_verdict"] if cl else None,
+            })
+    return pd.DataFrame(lines)
+
+
+def header_lines(res: dict) -> list[str]:
+    h = res["header"]
+    comp = ("comparable with the paper's numbers" if h["comparable_with_paper"] else
+            "NOT comparable with the paper's numbers (reduced protocol)")
+    lines = [
+        f"# {res['table']}: {res['title']}",
+        "",
+        f"- scale: **{h['scale']}** - {h['scale_description']} - {comp}",
+        f"- dataset: {h['dataset']}" + (f" ({h['data_note']})" if h.get("data_note") else "")
+        + f"; the paper used {res['paper_dataset']}",
+        f"- seeds: {', '.join(map(str, h['seeds']))}; runs finished {h['runs_finished']}/{h['runs_total']}"
+        + (f", failed {len(h['runs_failed'])}" if h["runs_failed"] else ""),
+        f"- compute: {h['compute_time_s'] / 3600:.2f} h of training on {h.get('hardware') or 'n/a'} ({h.get('device') or 'n/a'})",
+        f"- tfkd {h.get('tfkd')} at commit {h.get('git_commit')}; torch {h.get('torch')}, torchvision "
+        f"{h.get('torchvision')}, Python {h.get('python')}; generated {h['generated']}",
+        f"- paper numbers: {res['source']}",
+        "- cells: paper value, then ours as mean±std over seeds (n); top-1 test accuracy (%), "
+        "the epoch each run reports (official: best)",
+    ]
+    return lines
+
+
+def to_markdown(res: dict) -> str:
+    from tabulate import tabulate
+
+    cols = res["columns"]
+    claim_texts = []
+    for r in res["rows"]:
+        for cl in r["claims"]:
+            if cl["text"] not in claim_texts:
+                claim_texts.append(cl["text"])
+    headers = ["row"]
+    for c in cols:
+        headers += [f"{c['title']} (paper)", f"{c['title']} (ours)"]
+    headers += [f"{t}?" for t in claim_texts]
+    body = []
+    for r in res["rows"]:
+        line = [r["label"]]
+        for c in cols:
+            cell = r["cells"].get(c["key"])
+            line += list(_cell_text(cell)) if cell else ["", ""]
+        by_text = {cl["text"]: cl for cl in r["claims"]}
+        for t in claim_texts:
+            cl = by_text.get(t)
+            if not cl:
+                line.append("")
+                continue
+            g = "" if cl["gain"] is None else f" ({cl['gain']:+.2f}; paper {_fmt(cl['paper_gain'])})"
+            line.append(f"{cl['verdict']}{g}")
+        body.append(line)
+    out = "\n".join(header_lines(res)) + "\n\n" + tabulate(body, headers=headers, tablefmt="github") + "\n"
+    detail = []
+    for r in res["rows"]:
+        for key, c in r["cells"].items():
+            if c.get("n"):
+                detail.append([r["label"], key, _fmt(c.get("best_mean")), _fmt(c.get("last_mean")),
+                               _fmt(c.get("train_top1_mean")), _fmt(c.get("delta_paper"))])
+    if detail:
+        out += "\nPer cell: best-epoch and last-epoch test top-1, final train top-1 (augmented batches), " \
+               "delta to the paper.\n\n"
+        out += tabulate(detail, headers=["row", "column", "best-epoch", "last-epoch", "train", "delta paper"],
+                        tablefmt="github") + "\n"
+    teachers = sorted({(t["source"], t["file"], t["sha256"][:16]) for r in res["rows"]
+                       for c in r["cells"].values() for t in c.get("teachers") or []})
+    if teachers:
+        out += "\nTeachers (provenance):\n\n" + "\n".join(
+            f"- {src}: `{f}` sha256 {sha}..." for src, f, sha in teachers) + "\n"
+    if res["header"]["runs_failed"]:
+        out += "\nFailed runs:\n\n" + "\n".join(f"- {f['run']}: {f['error']}" for f in res["header"]["runs_failed"]) + "\n"
+    if res.get("notes"):
+        out += "\nNotes:\n\n" + "\n".join(f"- {n}" for n in res["notes"]) + "\n"
+    return out
+
+
+def to_png(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, paper, ours, err = [], [], [], []
+    for r in res["rows"]:
+        for key, c in r["cells"].items():
+            if not c.get("run"):
+                continue
+            col = next(cc["title"] for cc in res["columns"] if cc["key"] == key)
+            labels.append(f"{r['label']}\n{col}")
+            paper.append(c["paper"] if c.get("paper") is not None else math.nan)
+            ours.append(c["mean"] if c.get("mean") is not None else math.nan)
+            err.append(c["std"] or 0.0 if c.get("mean") is not None else 0.0)
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * n + 2), 5.5))
+    xs = list(range(n))
+    ax.bar([x - 0.2 for x in xs], paper, width=0.4, label="paper", color="#9aa5b1")
+    ax.bar([x + 0.2 for x in xs], ours, width=0.4, yerr=err, capsize=2, label="tfkd (mean ± std)", color="#2f6fb0")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=75, ha="right", fontsize=6)
+    ax.set_ylabel("top-1 test accuracy (%)")
+    h = res["header"]
+    ax.set_title(f"{res['table']} at scale {h['scale']} on {h['dataset']} (seeds {len(h['seeds'])})"
+                 + ("" if h["comparable_with_paper"] else " - not comparable with the paper"), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def write(res: dict, out: Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table.json", json.dumps(res, indent=2) + "\n")
+    frame = to_frame(res)
+    meta = "".join(f"# {line.lstrip('#- ').strip()}\n" for line in header_lines(res) if line.strip())
+    atomic_write_text(out / "table.csv", meta + frame.to_csv(index=False))
+    atomic_write_text(out / "table.md", to_markdown(res))
+    to_png(res, out / "table.png")
+    return [out / n for n in ("table.md", "table.csv", "table.json", "table.png")]

@@ -1,0 +1,148 @@
+"""Execute a plan: dependency order, skip finished runs, resume interrupted ones, share work.
+
+Each run is a child process (`tfkd run RECIPE --out DIR --resume`), so a crash or an OOM in
+one run cannot take the others down, and `--jobs N` runs N independent runs at once, each
+with its share of CPU threads or its own device. Two `reproduce` processes on one table
+split the pending runs: a run locked by another live process is left to it and waited for.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from tfkd_cli import rundir
+from tfkd_cli.recipe import dump
+from tfkd_cli.reproduce.plan import PlannedRun, unique_runs
+
+FINISHED, FAILED, BLOCKED, INTERRUPTED, EXTERNAL = "finished", "failed", "blocked", "interrupted", "external"
+
+
+@dataclass
+class Job:
+    run: PlannedRun
+    proc: subprocess.Popen
+    log: Path
+    started: float
+
+
+def status_of(p: PlannedRun) -> Optional[str]:
+    """finished / failed / None (pending or partial) from the run's summary."""
+    if p.external:
+        return EXTERNAL
+    s = rundir.read_summary(p.dir)
+    if not s or s.get("recipe_hash") != p.recipe.hash():
+        return None
+    return {"finished": FINISHED, "failed": FAILED}.get(s.get("status"))
+
+
+def _command(p: PlannedRun, recipe_file: Path, threads: int, device: Optional[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "tfkd_cli", "run", str(recipe_file), "--out", str(p.dir), "--resume", "--quiet"]
+    if threads:
+        cmd += ["--set", f"runtime.threads={threads}"]
+    if device:
+        cmd += ["--set", f"runtime.device={device}"]
+    return cmd
+
+
+def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[str]] = None,
+             retry_failed: bool = False, log: Callable[[str], None] = print,
+             poll: float = 0.5) -> dict[Path, str]:
+    """Run every pending run; returns run dir -> final status."""
+    runs = unique_runs(plan)
+    by_key = {(p.id, p.seed): p for p in plan}
+    state: dict[Path, str] = {}
+    for p in runs:
+        st = status_of(p)
+        if st == FAILED and retry_failed:
+            st = None
+        if st:
+            state[p.dir] = st
+    todo = [p for p in runs if p.dir not in state]
+    done_before = len(runs) - len(todo)
+    log(f"{len(runs)} runs: {done_before} already done, {len(todo)} to run (jobs={jobs})")
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    active: list[Job] = []
+    slot_devices = list(devices or [])
+    next_slot = 0
+    try:
+        while todo or active:
+            # Reap finished children.
+            for job in list(active):
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                active.remove(job)
+                p = job.run
+                secs = time.time() - job.started
+                st = status_of(p)
+                if rc == 0 and st == FINISHED:
+                    state[p.dir] = FINISHED
+                    s = rundir.read_summary(p.dir) or {}
+                    best = (s.get("best") or {}).get("top1")
+                    log(f"done   {p.name:28s} {secs:7.1f}s  best top-1 {best}")
+                elif rc == 130:
+                    state[p.dir] = INTERRUPTED
+                    raise KeyboardInterrupt
+                elif rundir.is_locked(p.dir):
+                    todo.append(p)  # another process holds it: wait for that one
+                else:
+                    state[p.dir] = FAILED
+                    tail = job.log.read_text().strip().splitlines()[-1:] if job.log.exists() else []
+                    log(f"FAILED {p.name:28s} exit {rc}: {tail[0] if tail else ''} (log: {job.log})")
+            # Start what is ready.
+            started = False
+            for p in list(todo):
+                if len(active) >= jobs:
+                    break
+                deps = [by_key[d] for d in p.deps]
+                dep_states = [state.get(d.dir) for d in deps]
+                if any(s in (FAILED, BLOCKED) for s in dep_states):
+                    todo.remove(p)
+                    state[p.dir] = BLOCKED
+                    log(f"blocked {p.name}: a teacher run failed")
+                    continue
+                if not all(s in (FINISHED, EXTERNAL) for s in dep_states):
+                    continue
+                st = status_of(p)
+                if st in (FINISHED, FAILED):
+                    todo.remove(p)
+                    state[p.dir] = st
+                    continue
+                if rundir.is_locked(p.dir):
+                    continue  # being run by another process; check again later
+                todo.remove(p)
+                p.dir.mkdir(parents=True, exist_ok=True)
+                recipe_file = p.dir.parent / ".plans" / f"{p.dir.name}.yaml"
+                recipe_file.parent.mkdir(parents=True, exist_ok=True)
+                rundir.atomic_write_text(recipe_file, dump(p.recipe))
+                device = slot_devices[next_slot % len(slot_devices)] if slot_devices else None
+                next_slot += 1
+                logf = p.dir.parent / ".logs" / f"{p.dir.name}.log"
+                logf.parent.mkdir(parents=True, exist_ok=True)
+                with open(logf, "ab") as fh:
+                    proc = subprocess.Popen(_command(p, recipe_file, threads, device), stdout=fh,
+                                            stderr=subprocess.STDOUT)
+                active.append(Job(p, proc, logf, time.time()))
+                log(f"start  {p.name:28s} -> {p.dir.name}")
+                started = True
+            if todo and not active and not started:
+                waiting = [p for p in todo if rundir.is_locked(p.dir)]
+                if not waiting:
+                    stuck = ", ".join(p.name for p in todo)
+                    raise RuntimeError(f"plan cannot progress: {stuck}")  # a bug, not user input
+            if active or todo:
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        for job in active:
+            try:
+                job.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+        raise
+    return state

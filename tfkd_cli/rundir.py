@@ -1,0 +1,210 @@
+"""A run directory: its files, its lock, and its provenance.
+
+Layout (one run = one directory):
+  recipe.yaml      the fully resolved recipe (what the run is a function of, with its seed)
+  metrics.csv      one row per finished epoch
+  last.pt          latest checkpoint (also written mid-epoch with --checkpoint-every)
+  best.pt          checkpoint of the best test top-1 epoch (ties go to the later epoch, as official)
+  epoch_N.pt       kept epochs (train.keep_epochs), e.g. De-KD's poorly-trained teachers
+  summary.json     status, best/last metrics, provenance; written atomically
+  .lock            pid and host of the one process writing this run
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from tfkd_cli import __version__
+from tfkd_cli.checkpoint import atomic_write_text
+from tfkd_cli.errors import TfkdError
+
+RECIPE = "recipe.yaml"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+LAST = "last.pt"
+BEST = "best.pt"
+LOCK = ".lock"
+
+
+def epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch}.pt"
+
+
+def read_summary(run: Path) -> Optional[dict]:
+    p = Path(run) / SUMMARY
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TfkdError(f"corrupt run summary {p}: {e}") from None
+
+
+def write_summary(run: Path, summary: dict) -> None:
+    atomic_write_text(Path(run) / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+
+
+def is_finished(run: Path) -> bool:
+    s = read_summary(run)
+    return bool(s) and s.get("status") == "finished"
+
+
+def write_metrics(run: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.csv whole (atomic): rows are few, and a resume must never duplicate one."""
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(run) / METRICS, buf.getvalue())
+
+
+def read_metrics(run: Path) -> list[dict]:
+    p = Path(run) / METRICS
+    if not p.is_file():
+        return []
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- locking -------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """One writer per run directory: an O_EXCL lock file holding `pid host`.
+
+    A lock left by a dead process on this host is stale and is taken over.
+    """
+
+    def __init__(self, run: Path):
+        self.path = Path(run) / LOCK
+        self.held = False
+
+    def owner(self) -> Optional[tuple[int, str]]:
+        try:
+            pid, host = self.path.read_text().split()[:2]
+            return int(pid), host
+        except (OSError, ValueError):
+            return None
+
+    def is_stale(self) -> bool:
+        o = self.owner()
+        if o is None:
+            # An empty lock is a writer between create and write, or one that died there.
+            try:
+                return time.time() - self.path.stat().st_mtime > 10
+            except OSError:
+                return True
+        pid, host = o
+        return host == socket.gethostname() and not _alive(pid)
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self.is_stale():
+                    try:
+                        os.unlink(self.path)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                pid, host = self.owner() or (0, "?")
+                raise TfkdError(f"run {self.path.parent} is in use by process {pid} on {host}; "
+                                "wait for it or stop it (a lock from a dead process is taken over)") from None
+            except OSError as e:
+                raise TfkdError(f"cannot lock {self.path.parent}: {e.strerror}") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            self.held = True
+            return
+        raise TfkdError(f"cannot lock {self.path.parent}: lock file keeps changing")
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_locked(run: Path) -> bool:
+    lock = RunLock(run)
+    return lock.path.exists() and not lock.is_stale()
+
+
+# -- provenance ----------------------------------------------------------------------
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the tfkd checkout (with '+dirty' when it has local changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def provenance(device: torch.device) -> dict:
+    import torchvision
+
+    return {
+        "tfkd": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "hardware": hardware(device),
+        "host": socket.gethostname(),
+    }
