@@ -48,6 +48,12 @@ class AugParams:
     def __len__(self) -> int:
         return int(self.top.shape[0])
 
+    @staticmethod
+    def cat(parts: Sequence["AugParams"]) -> "AugParams":
+        if len(parts) == 1:
+            return parts[0]
+        return AugParams(*(torch.cat([getattr(p, f) for p in parts]) for f in ("top", "left", "flip", "angle")))
+
 
 def sample_params(n: int, generator: torch.Generator, *, padding: int | None = 4,
                   degrees: float = 15.0, flip: bool = True) -> AugParams:
@@ -96,6 +102,36 @@ def _pil_fixed_matrix(angle: Tensor, h: int, w: int) -> Tensor:
     return torch.where((a == 0)[:, None], ident, out)
 
 
+def _axis_tables(params: AugParams, h: int, w: int, padding: int | None) -> Tensor:
+    """Everything per image that the index map needs, computed on the CPU: one float32 (n, K) tensor.
+
+    Columns: xrow (h), xcol (w), yrow (h), ycol (w), col_lut (w+2), row_lut (h+2) -- see index_map.
+    All values are exactly representable in float32 (multiples of 2^-16 below 2^8, small ints).
+    """
+    n = len(params)
+    pad = padding or 0
+    m = _pil_fixed_matrix(params.angle.cpu(), h, w)  # (n, 6) int64
+    a0, a1, a2, a3, a4, a5 = (m[:, i : i + 1] for i in range(6))
+    top = params.top.cpu().to(torch.int64)[:, None]
+    left = params.left.cpu().to(torch.int64)[:, None]
+    flip = params.flip.cpu().to(torch.bool)[:, None]
+    xs = torch.arange(w, dtype=torch.int64)
+    ys = torch.arange(h, dtype=torch.int64)
+    one = 65536  # +1 folded in: lookup position k = xr + 1
+    xrow, xcol = a2 + one + a1 * ys, a0 * xs  # fixed-point x: xx = a2 + y*a1 + x*a0
+    yrow, ycol = a5 + one + a4 * ys, a3 * xs  # fixed-point y: yy = a5 + y*a4 + x*a3
+    xr = torch.arange(-1, w + 1, dtype=torch.int64)[None, :]  # lookup positions k = 0..w+1
+    yr = torch.arange(-1, h + 1, dtype=torch.int64)[None, :]
+    xsrc = torch.where(flip, (w - 1 - xr) + left - pad, xr + left - pad)  # (n, w+2)
+    ysrc = yr + top - pad
+    okx = (xr >= 0) & (xr < w) & (xsrc >= 0) & (xsrc < w)
+    oky = (yr >= 0) & (yr < h) & (ysrc >= 0) & (ysrc < h)
+    col_lut = torch.where(okx, xsrc, w)
+    row_lut = torch.where(oky, ysrc, h) * (w + 1)
+    fixed = torch.cat([xrow, xcol, yrow, ycol], 1).to(torch.float64) * (1.0 / 65536.0)
+    return torch.cat([fixed, col_lut.to(torch.float64), row_lut.to(torch.float64)], 1).to(torch.float32).view(n, -1)
+
+
 def index_map(params: AugParams, h: int, w: int, padding: int | None, device: torch.device | str = "cpu") -> Tensor:
     """Source index of every output pixel, into the image extended by one zero row and column.
 
@@ -106,40 +142,28 @@ def index_map(params: AugParams, h: int, w: int, padding: int | None, device: to
     Un-crop: source = (xc + left - pad, yr + top - pad) in the original; in the padding -> fill.
 
     Implementation: the fixed-point coordinates xx = a2 + y*a1 + x*a0 are integers below 2^24,
-    so (xx / 65536) is exact in float32 and floor() of it equals `xx >> 16`. Each axis then goes
-    through a per-image lookup table over xr in [-1, w] (clamped; -1 and w mean "outside") that
-    folds in flip, crop offset and validity, so the full-size work is a handful of ops.
+    so xx / 65536 = (a2 + y*a1)/65536 + (x*a0)/65536 is exact in float32 and its floor equals
+    `xx >> 16`. Each axis then goes through a per-image lookup table over xr in [-1, w]
+    (clamped; -1 and w mean "outside") that folds in flip, crop offset and validity. The small
+    per-image tables are built on the CPU (so CPU and GPU give identical batches) and shipped in
+    one transfer (pinned, non-blocking on CUDA); the device does ~10 full-size ops.
     """
+    if max(h, w) > 128:
+        raise ValueError("index_map: images up to 128x128 (float32 exactness)")
     device = torch.device(device)
     n = len(params)
-    pad = padding or 0
-    m = _pil_fixed_matrix(params.angle.to(device), h, w)  # (n, 6) int64
-    a0, a1, a2, a3, a4, a5 = (m[:, i : i + 1] for i in range(6))
-    xs = torch.arange(w, device=device, dtype=torch.int64)
-    ys = torch.arange(h, device=device, dtype=torch.int64)
-    # exact in float32 while |xx| < 2^24 (32x32 images: < 2^22); else use float64
-    ft = torch.float32 if max(h, w) <= 96 else torch.float64
-    scale = 1.0 / 65536.0
-    one = 65536  # +1 folded in: lookup position k = xr + 1
-    xrow = ((a2 + one + a1 * ys).to(ft) * scale)[:, :, None]  # (n, h, 1)
-    xcol = ((a0 * xs).to(ft) * scale)[:, None, :]  # (n, 1, w)
-    yrow = ((a5 + one + a4 * ys).to(ft) * scale)[:, :, None]
-    ycol = ((a3 * xs).to(ft) * scale)[:, None, :]
+    tab = _axis_tables(params, h, w, padding)
+    if device.type == "cuda":
+        tab = tab.pin_memory().to(device, non_blocking=True)
+    else:
+        tab = tab.to(device)
+    o = [0, h, h + w, 2 * h + w, 2 * h + 2 * w, 2 * h + 3 * w + 2, 3 * h + 3 * w + 4]
+    xrow, xcol, yrow, ycol = (tab[:, o[i]:o[i + 1]] for i in range(4))
+    luts = tab[:, o[4]:].to(torch.int64)
+    col_lut, row_lut = luts[:, : w + 2], luts[:, w + 2:]
     # k = clamp(xr + 1, 0, w + 1); values are >= 0 so truncation == floor
-    kx = torch.add(xrow, xcol).clamp_(0, w + 1).to(torch.int64).view(n, h * w)
-    ky = torch.add(yrow, ycol).clamp_(0, h + 1).to(torch.int64).view(n, h * w)
-
-    top = params.top.to(device)[:, None]
-    left = params.left.to(device)[:, None]
-    flip = params.flip.to(device)[:, None]
-    xr = torch.arange(-1, w + 1, device=device, dtype=torch.int64)[None, :]  # (1, w+2)
-    yr = torch.arange(-1, h + 1, device=device, dtype=torch.int64)[None, :]
-    xsrc = torch.where(flip, (w - 1 - xr) + left - pad, xr + left - pad)  # (n, w+2)
-    ysrc = yr + top - pad
-    okx = (xr >= 0) & (xr < w) & (xsrc >= 0) & (xsrc < w)
-    oky = (yr >= 0) & (yr < h) & (ysrc >= 0) & (ysrc < h)
-    col_lut = torch.where(okx, xsrc, w)
-    row_lut = torch.where(oky, ysrc, h) * (w + 1)
+    kx = torch.add(xrow[:, :, None], xcol[:, None, :]).clamp_(0, w + 1).to(torch.int64).view(n, h * w)
+    ky = torch.add(yrow[:, :, None], ycol[:, None, :]).clamp_(0, h + 1).to(torch.int64).view(n, h * w)
     return torch.gather(row_lut, 1, ky).add_(torch.gather(col_lut, 1, kx))
 
 
@@ -154,7 +178,10 @@ def apply_params(x: Tensor, params: AugParams, padding: int | None) -> Tensor:
 
 def normalize(x: Tensor, mean: Tensor, std: Tensor, channels_last: bool = False) -> Tensor:
     """uint8 NCHW -> float32 (x/255 - mean)/std, in the same float ops as ToTensor + Normalize."""
-    out = x.to(torch.float32).div_(255.0).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    # divide by a 0-dim tensor on x's device, not a Python number: CUDA replaces division by a
+    # CPU scalar with multiplication by its reciprocal, which is not bit-identical to ToTensor
+    c255 = torch.full((), 255.0, dtype=torch.float32, device=x.device)
+    out = x.to(torch.float32).div_(c255).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
@@ -178,7 +205,11 @@ class BatchAugmenter:
 
     def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """uint8 batch -> augmented, normalized float32 batch."""
-        return self.normalize(apply_params(x, self.sample(x.shape[0], generator), self.padding))
+        return self.apply(x, self.sample(x.shape[0], generator))
+
+    def apply(self, x: Tensor, params: AugParams) -> Tensor:
+        """uint8 batch + its parameters -> augmented, normalized float32 batch."""
+        return self.normalize(apply_params(x, params, self.padding))
 
     def normalize(self, x: Tensor) -> Tensor:
         return normalize(x, self.mean, self.std, self.channels_last)

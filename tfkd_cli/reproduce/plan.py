@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from tfkd_cli.errors import TfkdError
+from tfkd_cli.models import is_torchvision
 from tfkd_cli.recipe import Recipe, from_dict, merge
 from tfkd_cli.reproduce.spec import Scale, Table
 
@@ -96,6 +97,8 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             full = merge(defaults, layer)
             full = _apply_scale(full, scale.epoch_factor)
             full = merge(full, scale.overrides)
+            if is_torchvision(full["model"]):
+                full["width"] = 1.0  # width multipliers exist for the CIFAR models only
             full["seed"] = seed
             full["name"] = rid
             deps = []
@@ -120,7 +123,7 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             release = None
             if teachers is not None and rid in table.releases:
                 release = Path(teachers) / table.releases[rid]
-            d = runs_dir / f"{recipe.model}_{recipe.method}_s{seed}_{key}"
+            d = runs_dir / f"{recipe.model.replace(':', '-')}_{recipe.method}_s{seed}_{key}"
             pr = PlannedRun(rid, seed, recipe, d, key, deps, release)
             plan.append(pr)
             by_id[(rid, seed)] = pr

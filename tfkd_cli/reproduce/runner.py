@@ -21,6 +21,7 @@ from tfkd_cli.recipe import dump
 from tfkd_cli.reproduce.plan import PlannedRun, unique_runs
 
 FINISHED, FAILED, BLOCKED, INTERRUPTED, EXTERNAL = "finished", "failed", "blocked", "interrupted", "external"
+LOCKED = "locked"  # another process holds the run; wait for it
 
 
 @dataclass
@@ -48,6 +49,30 @@ def _command(p: PlannedRun, recipe_file: Path, threads: int, device: Optional[st
     if device:
         cmd += ["--set", f"runtime.device={device}"]
     return cmd
+
+
+def _run_inline(p: PlannedRun, log: Callable[[str], None]) -> str:
+    """One run in this process (jobs=1): no interpreter start-up, and the progress bar shows."""
+    from tfkd_cli.engine import Interrupted, train
+    from tfkd_cli.errors import RunFailed, TfkdError
+
+    log(f"start  {p.name:28s} -> {p.dir.name}")
+    t0 = time.time()
+    try:
+        s = train(p.recipe, p.dir, resume=True, progress=sys.stderr.isatty(), log=log)
+    except Interrupted:
+        raise KeyboardInterrupt from None
+    except RunFailed as e:
+        log(f"FAILED {p.name:28s} {e}")
+        return FAILED
+    except TfkdError as e:
+        if rundir.is_locked(p.dir):
+            log(f"wait   {p.name:28s} another process runs it")
+            return LOCKED
+        log(f"FAILED {p.name:28s} {e}")
+        return FAILED
+    log(f"done   {p.name:28s} {time.time() - t0:7.1f}s  best top-1 {(s.get('best') or {}).get('top1')}")
+    return FINISHED
 
 
 def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[str]] = None,
@@ -117,6 +142,14 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
                 if rundir.is_locked(p.dir):
                     continue  # being run by another process; check again later
                 todo.remove(p)
+                if jobs == 1:
+                    st = _run_inline(p, log)
+                    if st == LOCKED:
+                        todo.append(p)
+                    else:
+                        state[p.dir] = st
+                    started = True
+                    continue
                 p.dir.mkdir(parents=True, exist_ok=True)
                 recipe_file = p.dir.parent / ".plans" / f"{p.dir.name}.yaml"
                 recipe_file.parent.mkdir(parents=True, exist_ok=True)

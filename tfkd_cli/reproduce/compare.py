@@ -1,0 +1,148 @@
+"""`tfkd compare`: results folders against the paper or each other; run directories side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from tfkd_cli import rundir
+from tfkd_cli.errors import TfkdError
+
+
+def _kind(p: Path) -> str:
+    if (p / "table.json").is_file():
+        return "results"
+    if (p / rundir.SUMMARY).is_file():
+        return "run"
+    raise TfkdError(f"{p}: neither a results folder (table.json) nor a run directory (summary.json)")
+
+
+def _load_results(p: Path) -> dict:
+    try:
+        return json.loads((p / "table.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TfkdError(f"cannot read {p / 'table.json'}: {e}") from None
+
+
+def compare(paths: list[str], *, fmt: str = "rich", tolerance: float = 2.0,
+            echo: Callable[[str], None] = print) -> int:
+    """Print the comparison; returns the number of claims that do not hold (for --fail-on-claims)."""
+    ps = [Path(p) for p in paths]
+    for p in ps:
+        if not p.exists():
+            raise TfkdError(f"not found: {p}")
+    kinds = {_kind(p) for p in ps}
+    if len(kinds) > 1:
+        raise TfkdError("compare either results folders or run directories, not a mix")
+    if kinds == {"run"}:
+        return _runs(ps, fmt, echo)
+    if len(ps) == 1:
+        return _vs_paper(_load_results(ps[0]), fmt, tolerance, echo)
+    if len(ps) == 2:
+        return _two_results(_load_results(ps[0]), _load_results(ps[1]), str(ps[0]), str(ps[1]), fmt, tolerance, echo)
+    raise TfkdError("compare takes one results folder (vs the paper) or two (row by row)")
+
+
+def _emit(headers: list[str], rows: list[list], flags: list[bool], fmt: str, title: str,
+          echo: Callable[[str], None], notes: Optional[list[str]] = None) -> None:
+    if fmt == "json":
+        echo(json.dumps({"title": title, "rows": [dict(zip(headers, r)) for r in rows],
+                         "flagged": flags, "notes": notes or []}, indent=2))
+        return
+    if fmt in ("md", "csv"):
+        import pandas as pd
+
+        df = pd.DataFrame(rows, columns=headers)
+        if fmt == "csv":
+            echo(df.to_csv(index=False).rstrip("\n"))
+        else:
+            from tabulate import tabulate
+
+            echo(f"{title}\n\n" + tabulate(rows, headers=headers, tablefmt="github"))
+            for n in notes or []:
+                echo(n)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    for h in headers:
+        t.add_column(h)
+    for r, bad in zip(rows, flags):
+        t.add_row(*[("" if v is None else str(v)) for v in r], style="bold red" if bad else None)
+    console = Console(width=200)
+    console.print(t)
+    for n in notes or []:
+        console.print(n)
+
+
+def _f(x: Optional[float], sign: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:+.2f}" if sign else f"{x:.2f}"
+
+
+def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None]) -> int:
+    h = res["header"]
+    headers = ["row", "cell", "paper", "ours", "n", "delta", "claim", "verdict", "paper verdict"]
+    rows, flags, failed = [], [], 0
+    for r in res["rows"]:
+        claims = {c["column"]: c for c in r["claims"]}
+        for key, c in r["cells"].items():
+            cl = claims.get(key)
+            ours = None if c.get("mean") is None else f"{c['mean']:.2f}±{(c.get('std') or 0):.2f}"
+            delta = c.get("delta_paper")
+            bad_claim = bool(cl and cl["verdict"] == "no")
+            failed += bad_claim
+            far = delta is not None and abs(delta) > tol and h.get("comparable_with_paper")
+            rows.append([r["label"], c.get("name") or key, _f(c.get("paper")), ours or "n/a", c.get("n", 0),
+                         _f(delta, True), cl["text"] if cl else "", cl["verdict"] if cl else "",
+                         cl["paper_verdict"] if cl else ""])
+            flags.append(bad_claim or far)
+    note = (f"scale {h['scale']} on {h['dataset']}, seeds {h['seeds']}; "
+            + ("comparable with the paper" if h["comparable_with_paper"] else
+               "NOT comparable with the paper (reduced protocol): compare claims, not numbers"))
+    _emit(headers, rows, flags, fmt, f"{res['table']}: {res['title']}", echo,
+          [note, f"highlighted: a claim that does not hold, or |delta| > {tol} at a comparable scale"])
+    return failed
+
+
+def _two_results(a: dict, b: dict, na: str, nb: str, fmt: str, tol: float, echo: Callable[[str], None]) -> int:
+    if a["table"] != b["table"]:
+        raise TfkdError(f"different tables: {a['table']} vs {b['table']}")
+    brows = {r["label"]: r for r in b["rows"]}
+    headers = ["row", "cell", "paper", f"A ({a['header']['scale']})", f"B ({b['header']['scale']})", "B - A",
+               "verdict A", "verdict B"]
+    rows, flags, failed = [], [], 0
+    for r in a["rows"]:
+        rb = brows.get(r["label"])
+        ca = {c["column"]: c for c in r["claims"]}
+        cb = {c["column"]: c for c in rb["claims"]} if rb else {}
+        for key, c in r["cells"].items():
+            d = (rb or {}).get("cells", {}).get(key, {})
+            ma, mb = c.get("mean"), d.get("mean")
+            diff = None if ma is None or mb is None else mb - ma
+            va, vb = (ca.get(key) or {}).get("verdict", ""), (cb.get(key) or {}).get("verdict", "")
+            failed += vb == "no"
+            rows.append([r["label"], c.get("name") or key, _f(c.get("paper")), _f(ma), _f(mb), _f(diff, True), va, vb])
+            flags.append((diff is not None and abs(diff) > tol) or va != vb)
+    _emit(headers, rows, flags, fmt, f"{a['table']}: A = {na}, B = {nb}", echo,
+          [f"highlighted: |B - A| > {tol} or verdicts that differ"])
+    return failed
+
+
+def _runs(ps: list[Path], fmt: str, echo: Callable[[str], None]) -> int:
+    fields = [("model", "model"), ("width", "width"), ("method", "method"), ("dataset", "dataset"),
+              ("seed", "seed"), ("epochs", "epochs_done"), ("status", "status")]
+    headers = ["run"] + [f for f, _ in fields] + ["best top-1", "best epoch", "last top-1", "train top-1",
+                                                   "NLL", "ECE", "time (s)", "img/s"]
+    rows = []
+    for p in ps:
+        s = rundir.read_summary(p) or {}
+        b, l = s.get("best") or {}, s.get("last") or {}
+        rows.append([str(p)] + [s.get(k) for _, k in fields] +
+                    [b.get("top1"), b.get("epoch"), l.get("top1"), l.get("train_top1"), b.get("nll"), b.get("ece"),
+                     s.get("train_time_s"), s.get("images_per_s")])
+    _emit(headers, rows, [False] * len(rows), fmt, "runs", echo)
+    return 0
