@@ -29,6 +29,11 @@ from tfkd_cli.errors import TfkdError
 SEMANTICS = ("official", "paper")
 
 
+def _f32(x: Tensor) -> Tensor:
+    """At least float32 (AMP gives bf16 logits); float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _kl(target: Tensor, log_q: Tensor, semantics: str) -> Tensor:
     """sum_ik target*(log target - log_q), divided by N*K (official) or N (paper)."""
     elem = torch.xlogy(target, target) - target * log_q
@@ -53,8 +58,8 @@ def kd(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float = 0.9,
     if t is None:
         raise TfkdError("method kd needs teacher logits (set --teacher)")
     T = temperature
-    soft = F.softmax(t.detach().float() / T, dim=1)
-    kl = _kl(soft, F.log_softmax(z.float() / T, dim=1), semantics)
+    soft = F.softmax(_f32(t.detach()) / T, dim=1)
+    kl = _kl(soft, F.log_softmax(_f32(z) / T, dim=1), semantics)
     return (1.0 - alpha) * F.cross_entropy(z, y) + alpha * T * T * multiplier * kl
 
 
@@ -66,9 +71,9 @@ def kd_self(z: Tensor, y: Tensor, t: Optional[Tensor] = None, **params: object) 
     return kd(z, y, t, **params)
 
 
-def virtual_teacher(y: Tensor, k: int, correct_prob: float = 0.99) -> Tensor:
+def virtual_teacher(y: Tensor, k: int, correct_prob: float = 0.99, dtype: torch.dtype = torch.float32) -> Tensor:
     """The hand-designed teacher p^d: correct_prob on the true class, (1-correct_prob)/(K-1) elsewhere."""
-    p = torch.full((y.shape[0], k), (1.0 - correct_prob) / (k - 1), device=y.device)
+    p = torch.full((y.shape[0], k), (1.0 - correct_prob) / (k - 1), device=y.device, dtype=dtype)
     return p.scatter_(1, y.unsqueeze(1), correct_prob)
 
 
@@ -82,8 +87,8 @@ def tfkd_reg(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float =
     paper:    L = (1 - a) * CE + a * m * KL(target || softmax(z / T)) / N   (Eq. 9, tempered student)
     """
     k = z.shape[1]
-    target = F.softmax(virtual_teacher(y, k, correct_prob) / temperature, dim=1)
-    student = z.float() / (temperature if semantics == "paper" else 1.0)
+    target = F.softmax(virtual_teacher(y, k, correct_prob, _f32(z).dtype) / temperature, dim=1)
+    student = _f32(z) / (temperature if semantics == "paper" else 1.0)
     kl = _kl(target, F.log_softmax(student, dim=1), semantics)
     return (1.0 - alpha) * F.cross_entropy(z, y) + alpha * multiplier * kl
 
@@ -98,12 +103,12 @@ def lsr(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: float = 0.
     """
     n, k = z.shape
     if semantics == "official":
-        target = torch.full_like(z, epsilon / (k - 1), dtype=torch.float32)
+        target = torch.full_like(_f32(z), epsilon / (k - 1))
         target.scatter_(1, y.unsqueeze(1), 1.0 - epsilon)
     else:
-        target = torch.full_like(z, epsilon / k, dtype=torch.float32)
-        target.scatter_add_(1, y.unsqueeze(1), torch.full((n, 1), 1.0 - epsilon, device=z.device))
-    return -(target * F.log_softmax(z.float(), dim=1)).sum() / n
+        target = torch.full_like(_f32(z), epsilon / k)
+        target.scatter_add_(1, y.unsqueeze(1), torch.full((n, 1), 1.0 - epsilon, device=z.device, dtype=target.dtype))
+    return -(target * F.log_softmax(_f32(z), dim=1)).sum() / n
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {
