@@ -1,0 +1,190 @@
+"""`tfkd reproduce` end to end on digits: the whole table3 plan, resume after SIGKILL, two
+processes sharing one table, and `tfkd compare` on the results.
+
+The shipped `smoke` scale takes minutes; these tests add a `tiny` scale overlay (2 epochs,
+30 images per class) to a copy of recipes/, so the same plan runs in seconds per run.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tfkd_cli.cli import cli
+from tfkd_cli.recipe import recipes_dir
+
+PAPER_DEKD = ["70.65", "71.82", "71.45", "72.11", "77.23", "71.52", "72.26", "77.28"]
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes") / "recipes"
+    shutil.copytree(recipes_dir(), root)
+    (root / "scales" / "tiny.yaml").write_text(
+        "scale: tiny\n"
+        "description: test overlay - digits, 2 epochs, 30 images per class, width 0.125\n"
+        "epoch_factor: 0.01\n"
+        "overrides:\n  width: 0.125\n  data: {dataset: digits, per_class: 30}\n"
+        "  runtime: {threads: 1}\n")
+    return root
+
+
+def tfkd(recipes, *args, **kw):
+    env = {**os.environ, "TFKD_RECIPES": str(recipes), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tfkd_cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finished_runs(runs_dir: Path) -> dict:
+    out = {}
+    for s in runs_dir.glob("*/summary.json"):
+        d = json.loads(s.read_text())
+        if d.get("status") == "finished":
+            out[s.parent.name] = s.stat().st_mtime_ns
+    return out
+
+
+@pytest.fixture(scope="module")
+def table3(recipes, tmp_path_factory):
+    base = tmp_path_factory.mktemp("repro")
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", base / "runs",
+             "--out", base / "results", cwd=base)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    return base, out
+
+
+def test_reproduce_writes_the_table(table3):
+    base, log = table3
+    res = base / "results"
+    for name in ("table.md", "table.csv", "table.json", "table.png"):
+        assert (res / name).stat().st_size > 0
+    md = (res / "table.md").read_text()
+    for v in PAPER_DEKD:
+        assert v in md  # every paper row is there, paper value beside ours
+    assert "scale: **tiny**" in md and "NOT comparable" in md and "digits" in md
+    data = json.loads((res / "table.json").read_text())
+    assert len(data["rows"]) == 8
+    h = data["header"]
+    assert h["runs_total"] == 13 and h["runs_finished"] == 13 and h["seeds"] == [0]
+    assert h["torch"] and h["hardware"] and "git_commit" in h and h["compute_time_s"] > 0
+    for row in data["rows"]:
+        cells = row["cells"]
+        assert cells["dekd"]["n"] == 1 and cells["student"]["n"] == 1 and cells["teacher"]["n"] == 1
+        assert row["claims"][0]["verdict"] in ("yes", "no")
+        assert row["claims"][0]["paper_verdict"] == "yes"
+    csv = (res / "table.csv").read_text()
+    assert csv.startswith("# table3") and "best_epoch_top1" in csv
+
+
+def test_shared_teacher_trained_once(table3):
+    base, _ = table3
+    dirs = [p.name for p in (base / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(dirs) == 13
+    assert sum(d.startswith("resnet18_ce_") for d in dirs) == 1  # teacher of 2 rows, baseline of 2
+
+
+def test_rerun_skips_finished_runs(table3, recipes):
+    base, _ = table3
+    before = finished_runs(base / "runs")
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", base / "runs",
+             "--out", base / "results2", cwd=base)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "13 already done, 0 to run" in out
+    assert finished_runs(base / "runs") == before
+
+
+def test_dry_run_lists_plan(recipes, tmp_path):
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--dry-run", "--runs-dir", tmp_path, cwd=tmp_path)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out
+    for rid in ("resnet18@s0", "resnet50_pt@s0", "mv2_from_r18pt@s0", "r18_from_rx29pt@s0"):
+        assert rid in out
+    assert "resnet18@ep1" in out and "13 runs; estimated time" in out
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
+    runs = tmp_path / "runs"
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", runs, "--out", tmp_path / "res",
+             cwd=tmp_path)
+    deadline = time.time() + 300
+    while len(finished_runs(runs)) < 3 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    done = finished_runs(runs)
+    assert 3 <= len(done) < 13
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", runs, "--out", tmp_path / "res",
+             cwd=tmp_path)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert f"{len(done)} already done, {13 - len(done)} to run" in out
+    after = finished_runs(runs)
+    assert len(after) == 13
+    assert all(after[k] == v for k, v in done.items())  # finished runs were not touched
+    for t in runs.glob("*/timings.csv"):  # and no run trained an epoch twice
+        epochs = [line.split(",")[0] for line in t.read_text().splitlines()[1:]]
+        assert len(epochs) == len(set(epochs)), t
+
+
+def test_two_processes_split_the_table(recipes, tmp_path):
+    runs = tmp_path / "runs"
+    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", runs,
+                  "--out", tmp_path / f"res{i}", cwd=tmp_path) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    started = [sum(line.startswith("start ") for line in o.splitlines()) for o in outs]
+    assert sum(started) == 13 and min(started) >= 1, outs  # each run trained by exactly one process
+    assert len(finished_runs(runs)) == 13
+
+
+# -- compare -------------------------------------------------------------------------
+
+def test_compare_against_paper_and_between_results(table3):
+    base, _ = table3
+    r = CliRunner().invoke(cli, ["compare", str(base / "results"), "--format", "md"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "70.65" in r.stdout and "NOT comparable" in r.stdout
+    r = CliRunner().invoke(cli, ["compare", str(base / "results"), str(base / "results2"), "--format", "json"])
+    assert r.exit_code == 0
+    rows = json.loads(r.stdout)["rows"]
+    assert len(rows) == 24 and all(row["B - A"] == "+0.00" for row in rows)
+
+
+def test_compare_fail_on_claims(tmp_path):
+    """A fixture results folder with one failed claim: exit 1 with --fail-on-claims, else 0."""
+    row = lambda label, verdict: {  # noqa: E731
+        "label": label, "note": None,
+        "cells": {"base": {"name": "M", "paper": 70.0, "mean": 60.0, "std": 0.1, "n": 2, "run": "b"},
+                  "kd": {"paper": 72.0, "mean": 61.0 if verdict == "yes" else 59.0, "std": 0.2, "n": 2,
+                         "run": "k", "delta_paper": -11.0}},
+        "claims": [{"text": "KD improved", "kind": "improves", "column": "kd", "baseline": "base",
+                    "gain": 1.0 if verdict == "yes" else -1.0, "paper_gain": 2.0,
+                    "verdict": verdict, "paper_verdict": "yes"}]}
+    fixture = {"table": "t", "title": "fixture", "rows": [row("a", "yes"), row("b", "no")],
+               "header": {"scale": "mini", "dataset": "digits", "seeds": [0, 1], "comparable_with_paper": False}}
+    d = tmp_path / "res"
+    d.mkdir()
+    (d / "table.json").write_text(json.dumps(fixture))
+    r = CliRunner().invoke(cli, ["compare", str(d)])
+    assert r.exit_code == 0 and "KD improved" in r.stdout
+    r = CliRunner().invoke(cli, ["compare", str(d), "--fail-on-claims", "--format", "csv"])
+    assert r.exit_code == 1 and "1 claim(s) do not hold" in r.stderr
+
+
+def test_reproduce_list_and_unknown_table():
+    r = CliRunner().invoke(cli, ["reproduce", "--list"])
+    assert r.exit_code == 0
+    for tid in ("table1", "table3", "tfkd-self-cifar100", "tfkd-reg-cifar100", "tfkd-imagenet"):
+        assert tid in r.stdout
+    r = CliRunner().invoke(cli, ["reproduce", "table9"])
+    assert r.exit_code == 2 and "unknown table 'table9'" in r.stderr
