@@ -357,7 +357,7 @@ def test_scale_mini(plans, tid):
     table, plan = plans[(tid, "mini")]
     for p in plan:
         r = p.recipe
-        assert r.width == 0.5 and r.data.dataset == "cifar-layout" and r.data.per_class == 100
+        assert r.width == 0.25 and r.data.dataset == "cifar-layout" and r.data.per_class == 50
         if (table.runs[p.id].get("train") or {}).get("epochs") is None:
             assert r.train.epochs == 30
             assert r.optim.milestones == [9, 18, 24]
