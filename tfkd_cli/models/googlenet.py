@@ -5,11 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-def _scale(channels: int, width: float, divisor: int = 1) -> int:
-    """`channels * width` rounded half-up to a multiple of `divisor` (at least `divisor`)."""
-    return max(divisor, int(channels * width / divisor + 0.5) * divisor)
+from tfkd_cli.models._common import scale_channels as _scale
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int, eps: float = 1e-5) -> list[nn.Module]:

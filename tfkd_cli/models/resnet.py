@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-def _scale(channels: int, width: float, divisor: int = 1) -> int:
-    """`channels * width` rounded half-up to a multiple of `divisor` (at least `divisor`)."""
-    return max(divisor, int(channels * width / divisor + 0.5) * divisor)
+from tfkd_cli.models._common import scale_channels as _scale
 
 
 class BasicBlock(nn.Module):
