@@ -128,3 +128,14 @@ def test_dataset_profile_lies_under_everything():
     r = resolve_run(None, ["train.epochs=2"], {"data": {"dataset": "digits"}, "width": 0.5})
     assert r.train.epochs == 2 and r.width == 0.5
     assert resolve_run(None, [], {}).train.epochs == 200  # cifar100: the official protocol
+
+
+def test_set_reads_exponent_floats():
+    """YAML 1.1 reads 1e-3 as a string; --set means the number."""
+    assert parse_set(["optim.lr=1e-3"]) == {"optim": {"lr": 0.001}}
+    assert resolve(None, ["optim.lr=1e-3"]).optim.lr == 0.001
+
+
+def test_hash_ignores_kept_files():
+    a = from_dict({"train": {"epochs": 5}})
+    assert from_dict({"train": {"epochs": 5, "checkpoint_every": 3, "keep_epochs": [1]}}).hash() == a.hash()

@@ -20,7 +20,9 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -47,15 +49,37 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write `path` via a temp file + fsync + rename; errors name the path."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None],
+                 before_replace: Optional[Callable[[], None]] = None) -> None:
+    """Write `path` via a temp file + fsync + rename; errors name the path.
+
+    The temp file (`.<name>.<random>.tmp` beside the target) gets the target's permissions,
+    or 0666 minus the umask for a new file, like a plain open(). `before_replace` is a test
+    hook called with the temp file written but not yet flushed, synced or renamed.
+    """
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_UMASK
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
+            if before_replace is not None:
+                before_replace()
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -71,12 +95,17 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
                 pass
 
 
+def is_temp_file(name: str) -> bool:
+    """A temp file left by an `atomic_write` that was killed before its rename."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def save(path: Path, obj: dict) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+def save(path: Path, obj: dict, before_replace: Optional[Callable[[], None]] = None) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f), before_replace)
 
 
 def sha256(path: Path) -> str:
@@ -87,24 +116,49 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _first_sentence(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line.split(". ")[0].rstrip(".")[:200]
+
+
+def _imports_code(path: Path) -> bool:
+    """Whether a (non-zip) pickle file names a Python global, i.e. would import or call code.
+
+    The weights-only unpickler may stop at an opcode it does not know before it reaches the
+    global; this scan (it executes nothing) tells such a file from plain garbage.
+    """
+    try:
+        with open(path, "rb") as f:
+            for _ in range(5):  # legacy torch files are a few pickles in a row
+                for op, _arg, _pos in pickletools.genops(f):
+                    if op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE"):
+                        return True
+    except Exception:  # noqa: BLE001 - not a pickle (any more): garbage
+        return False
+    return False
+
+
 def load(path: Path) -> dict:
     """Read a checkpoint safely (weights_only); one-line errors for every failure."""
     path = Path(path)
     if not path.is_file():
         raise TfkdError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise TfkdError(f"corrupt or truncated checkpoint {path}: the file is empty")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "Weights only load failed" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+        if "global" in str(e).lower() or _imports_code(path):
             raise TfkdError(f"refused to load {path}: it needs arbitrary unpickling (code could run); "
                             "only plain tensors and containers are accepted") from None
-        raise TfkdError(f"corrupt checkpoint {path}: {first[:200]}") from None
+        raise TfkdError(f"corrupt checkpoint {path}: not a readable PyTorch file") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TfkdError(f"corrupt or truncated checkpoint {path}: {msg[:200]}") from None
-    except Exception as e:  # anything else the unpickler raises is still a bad file
-        raise TfkdError(f"unreadable checkpoint {path}: {type(e).__name__}") from None
+        raise TfkdError(f"corrupt or truncated checkpoint {path}: {_first_sentence(e)}") from None
+    except Exception:  # anything else the unpickler raises is still a bad file
+        raise TfkdError(f"corrupt checkpoint {path}: not a readable PyTorch file") from None
     if not isinstance(obj, dict):
         raise TfkdError(f"{path}: not a checkpoint (expected a dict, got {type(obj).__name__})")
     return obj

@@ -20,6 +20,20 @@ from tfkd_cli.errors import RunFailed, TfkdError
 class TfkdGroup(click.Group):
     """Turns user errors into one clear line and a non-zero exit, never a traceback."""
 
+    def main(self, args: Any = None, prog_name: Optional[str] = None, **extra: Any) -> Any:
+        # Click's own usage errors (bad option value, unknown option) print a Usage block;
+        # ours is one line like every other user error.
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"tfkd: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("tfkd: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         from tfkd_cli.engine import Interrupted
 

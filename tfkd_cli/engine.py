@@ -7,8 +7,16 @@ inference mode.
 
 Resume is exact: the learning rate is a pure function of (epoch, step); the data order and
 augmentation are pure functions of (seed, epoch, step) (see `tfkd_cli.data`); the global RNG
-states (dropout) are saved in every checkpoint. A run killed at any point and resumed ends
-with the same weights and the same metrics.csv as an uninterrupted one on the CPU.
+states (dropout) and the running epoch sums (float64, restored bit for bit) are saved in every
+checkpoint. A run killed at any point and resumed ends with the same weights and the same
+metrics.csv as an uninterrupted one on the CPU.
+
+Crash safety: every file is written atomically (temp + fsync + rename), and at the end of an
+epoch last.pt is renamed into place after best.pt / epoch_N.pt, so last.pt never claims more
+than the other files hold; a kill before it redoes the epoch and rewrites them identically.
+metrics.csv and summary.json are rewritten from the checkpoint's history on resume. The run
+lock is taken before anything in the run directory is read or changed, and an earlier run's
+files are removed by --overwrite only once the new recipe, data and teacher have loaded.
 """
 
 from __future__ import annotations
@@ -38,8 +46,10 @@ from tfkd_cli.metrics import evaluate
 from tfkd_cli.models import build_model, canonical_name, count_params
 from tfkd_cli.recipe import Recipe, dump
 
-# Write a crash-point hook for tests: TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th
-# time the named point is reached (points: step, checkpoint_write, eval).
+# Crash-point hook for tests: TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th time the named
+# point is reached. Points: step (before each training step), checkpoint_write (inside each
+# checkpoint file's atomic write: temp file written, not yet synced or renamed), eval (before
+# each end-of-epoch evaluation), metrics (after an epoch's checkpoints, before metrics.csv).
 _FAULT = os.environ.get("TFKD_FAULT", "")
 
 
@@ -168,32 +178,52 @@ class State:
     best: dict = field(default_factory=lambda: {"top1": -1.0, "epoch": 0})
     history: list = field(default_factory=list)  # metrics.csv rows
     acc: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "count": 0})  # running epoch stats
-    train_time: float = 0.0  # seconds of training so far (all sessions)
+    train_time: float = 0.0  # seconds of training so far (all sessions, up to the checkpoint)
     images: int = 0  # training images processed so far, all ranks
+    resumes: int = 0  # times this run was resumed
+
+
+_RESUME_KEYS = ("model", "optimizer", "state", "rng", "recipe_hash")
 
 
 def _check_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> Optional[dict]:
-    """Decide what to do with `out`; returns the checkpoint to resume from, if any."""
-    if out.exists() and not out.is_dir():
-        raise TfkdError(f"--out {out} exists and is not a directory")
-    summary = rundir.read_summary(out) if out.is_dir() else None
-    last = out / rundir.LAST
+    """Decide what to do with `out` (which we hold the lock of); the checkpoint to resume from, if any."""
     if overwrite:
         return None
+    try:
+        summary = rundir.read_summary(out)
+    except TfkdError:  # a damaged summary.json is rewritten by a resumed run; it still marks a run
+        summary = {"status": "unknown"}
+    last = out / rundir.LAST
     if summary and summary.get("status") == "finished" and not resume:
         raise TfkdError(f"{out} already holds a finished run; use --resume to keep it, "
                         "--overwrite to replace it, or another --out")
-    if out.is_dir() and any(out.iterdir()) and not resume and (last.exists() or summary):
+    if not resume and (last.exists() or summary):
         raise TfkdError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
     if not resume or not last.exists():
         return None
     ck = ckpt_io.load(last)
-    if not ckpt_io.is_tfkd(ck):
-        raise TfkdError(f"{last} is not a tfkd checkpoint; cannot resume from it")
+    if not ckpt_io.is_tfkd(ck) or any(k not in ck for k in _RESUME_KEYS):
+        raise TfkdError(f"{last} is not a resumable tfkd checkpoint; cannot resume from it (--overwrite starts over)")
+    if not isinstance(ck.get("version"), int) or ck["version"] > ckpt_io.VERSION:
+        raise TfkdError(f"{last}: checkpoint format version {ck.get('version')} is not one this tfkd reads "
+                        f"(<= {ckpt_io.VERSION}); upgrade tfkd")
     if ck.get("recipe_hash") != recipe.hash():
         raise TfkdError(f"{last} was written by another recipe (hash {ck.get('recipe_hash')} vs "
                         f"{recipe.hash()}); resume with the same recipe, or --overwrite")
     return ck
+
+
+# What a run writes into its directory; --overwrite removes exactly these (and epoch_*.pt).
+_RUN_FILES = (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LAST, rundir.BEST, "timings.csv")
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Temp files of atomic writes that a killed process never renamed (ours only)."""
+    ours = tuple(f".{n}." for n in _RUN_FILES) + (".epoch_",)
+    for p in out.iterdir():
+        if ckpt_io.is_temp_file(p.name) and p.name.startswith(ours):
+            p.unlink(missing_ok=True)
 
 
 class _SignalGuard:
@@ -226,29 +256,51 @@ def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = 
     """Run (or resume) one training described by `recipe`; returns its summary."""
     out = Path(out)
     dd, device = init_distributed(recipe.runtime.device)
+    lock = rundir.RunLock(out)
+    created = False
     if dd.main:
-        resume_ck = _check_out_dir(out, recipe, resume, overwrite)
-        if overwrite and out.is_dir():
-            # Only the files a run writes; anything else the user keeps there stays.
-            for name in (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LAST, rundir.BEST, "timings.csv"):
-                (out / name).unlink(missing_ok=True)
-            for p in out.glob("epoch_*.pt"):
-                p.unlink()
+        if out.exists() and not out.is_dir():
+            raise TfkdError(f"--out {out} exists and is not a directory")
+        created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TfkdError(f"cannot create run directory {out}: {e.strerror}") from None
-        if not os.access(out, os.W_OK):
-            raise TfkdError(f"run directory {out} is not writable")
-    else:
-        resume_ck = ckpt_io.load(out / rundir.LAST) if resume and (out / rundir.LAST).exists() else None
-    lock = rundir.RunLock(out)
-    if dd.main:
-        lock.acquire()
+        # The lock comes first: nothing in `out` is read, changed or removed without it.
+        try:
+            stale = lock.acquire()
+        except TfkdError:
+            if created:
+                _rmdir_if_empty(out)
+            raise
+        if stale:
+            log(f"note: took over the lock of process {stale[0]} on {stale[1]}, which is gone")
     try:
-        return _train(recipe, out, resume_ck, dd, device, progress, log)
+        if dd.main:
+            _remove_temp_files(out)
+            resume_ck = _check_out_dir(out, recipe, resume, overwrite)
+        else:
+            last = out / rundir.LAST
+            resume_ck = ckpt_io.load(last) if resume and not overwrite and last.exists() else None
+        try:
+            return _train(recipe, out, resume_ck, overwrite, dd, device, progress, log)
+        except RuntimeError as e:
+            if recipe.runtime.deterministic and "deterministic" in str(e):
+                first = str(e).strip().splitlines()[0].split(". ")[0]
+                raise TfkdError(f"--deterministic: {first}; this model cannot train deterministically "
+                                "on this device, run it without --deterministic") from None
+            raise
     finally:
         lock.release()
+        if created:
+            _rmdir_if_empty(out)  # a run that failed before writing anything leaves no trace
+
+
+def _rmdir_if_empty(out: Path) -> None:
+    try:
+        out.rmdir()
+    except OSError:
+        pass
 
 
 def _autocast(recipe: Recipe, device: torch.device):
@@ -257,13 +309,14 @@ def _autocast(recipe: Recipe, device: torch.device):
     return None
 
 
-def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, device: torch.device,
-           progress: bool, log: Callable[[str], None]) -> dict:
+def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool, dd: Dist,
+           device: torch.device, progress: bool, log: Callable[[str], None]) -> dict:
     rt = recipe.runtime
     if rt.threads:
         torch.set_num_threads(rt.threads)
+    # Set both ways: the flag is process-wide and one process may train several runs (reproduce).
+    torch.use_deterministic_algorithms(rt.deterministic)
     if rt.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif device.type == "cuda":
@@ -289,6 +342,10 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, devic
         for p in teacher.parameters():
             p.requires_grad_(False)
         teacher_info = loaded.provenance()
+        old = (resume_ck or {}).get("teacher_sha256")
+        if old and old != teacher_info["sha256"]:
+            raise TfkdError(f"the teacher {loaded.file} changed since this run started (sha256 "
+                            f"{teacher_info['sha256'][:12]} vs {old[:12]}); resume with the same teacher, or --overwrite")
         if dd.main:
             teacher_info["test"] = evaluate(teacher, data.test_batches(), autocast)
             log(f"teacher {loaded.name} ({loaded.source}, {loaded.file.name}): "
@@ -304,13 +361,25 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, devic
     state = State()
     if resume_ck is not None:
         ckpt_io.load_weights(model, resume_ck["model"], out / rundir.LAST, f"this run's {arch['model']}")
-        optimizer.load_state_dict(resume_ck["optimizer"])
-        s = resume_ck["state"]
-        state = State(epoch=s["epoch"], step=s["step"], best=s["best"], history=s["history"],
-                      acc=s["acc"], train_time=s["train_time"], images=s["images"])
-        set_rng_state(resume_ck["rng"])
+        try:
+            optimizer.load_state_dict(resume_ck["optimizer"])
+            s = resume_ck["state"]
+            state = State(epoch=s["epoch"], step=s["step"], best=s["best"], history=s["history"],
+                          acc=s["acc"], train_time=s["train_time"], images=s["images"],
+                          resumes=s.get("resumes", 0) + 1)
+            set_rng_state(resume_ck["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise TfkdError(f"{out / rundir.LAST} is damaged ({type(e).__name__}: {e}); cannot resume "
+                            "from it (--overwrite starts over)") from None
         if dd.main:
-            log(f"resuming {out} at epoch {state.epoch + 1} step {state.step}")
+            if state.epoch >= recipe.train.epochs:
+                log(f"resuming {out}: all {state.epoch} epochs are done; finishing its files")
+            else:
+                log(f"resuming {out} at epoch {state.epoch + 1} step {state.step}")
+            threads = resume_ck.get("threads")
+            if device.type == "cpu" and threads and threads != torch.get_num_threads():
+                log(f"note: this session uses {torch.get_num_threads()} CPU threads, the checkpoint {threads}; "
+                    "results can differ in the last bits from an uninterrupted run (set runtime.threads)")
 
     net: nn.Module = model
     if dd.world > 1:
@@ -319,7 +388,17 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, devic
     loss_fn = build_loss(recipe.method, **_loss_params(recipe))
 
     if dd.main:
+        # Everything is validated: only now may files of an earlier run go.
+        if overwrite:
+            for name in _RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            for p in out.glob("epoch_*.pt"):
+                p.unlink()
+        elif resume_ck is None:
+            (out / "timings.csv").unlink(missing_ok=True)  # from an attempt that left no checkpoint
         rundir.atomic_write_text(out / rundir.RECIPE, dump(recipe))
+        if state.history:  # a kill between last.pt and metrics.csv left the file one epoch behind
+            rundir.write_metrics(out, state.history)
         base_summary = {
             "status": "running", "name": recipe.name, "recipe_hash": recipe.hash(), "seed": recipe.seed,
             "model": arch["model"], "width": recipe.width, "method": recipe.method,
@@ -336,29 +415,33 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, devic
         ck = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "arch": arch,
               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
               "epoch": state.epoch, "recipe_hash": recipe.hash(), "rng": rng_state(),
+              "teacher_sha256": teacher_info["sha256"] if teacher_info else None,
+              "threads": torch.get_num_threads(),
               "state": {"epoch": state.epoch, "step": state.step, "best": state.best,
                         "history": state.history, "acc": state.acc, "train_time": state.train_time,
-                        "images": state.images}}
+                        "images": state.images, "resumes": state.resumes}}
         for name in path_names:
-            fault_point("checkpoint_write")
-            ckpt_io.save(out / name, ck)
+            ckpt_io.save(out / name, ck, before_replace=lambda: fault_point("checkpoint_write"))
 
     guard = _SignalGuard()
     timings: list[dict] = []
-    with guard, _progress(progress and dd.main, recipe, data.steps_per_epoch, state) as bar:
+    steps = data.steps_per_epoch
+    every = recipe.train.checkpoint_every
+    with guard, _progress(progress and dd.main, recipe, steps, state) as bar:
         while state.epoch < recipe.train.epochs:
             epoch = state.epoch + 1
             model.train()
-            t0 = time.perf_counter()
-            images = 0  # since the last merge into state.acc
-            seen = 0  # this session's images in this epoch, for throughput
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
+            t_epoch = t_mark = time.perf_counter()  # this session's part of the epoch / last time booked
+            seen = booked = 0  # this session's images in this epoch / those already in state.images
+            # Running epoch sums continue exactly from a mid-epoch checkpoint (float64 -> float is exact).
+            mine = _rank_acc(state.acc, dd)
+            loss_sum = torch.tensor(mine["loss"], device=device, dtype=torch.float64)
+            correct = torch.tensor(mine["correct"], device=device, dtype=torch.int64)
+            count = mine["count"]
             bad_step = torch.full((), -1, device=device, dtype=torch.int64)
-            start = state.step
-            for step, (x, y) in enumerate(data.train_batches(epoch, recipe.seed, start_step=start), start):
+            for step, (x, y) in enumerate(data.train_batches(epoch, recipe.seed, start_step=state.step), state.step):
                 fault_point("step")
-                lr = lr_at(recipe, epoch, step, data.steps_per_epoch)
+                lr = lr_at(recipe, epoch, step, steps)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 with (autocast() if autocast else contextlib.nullcontext()):
@@ -377,43 +460,45 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, devic
                 n = y.shape[0]
                 loss_sum += loss.detach().double() * n
                 correct += (logits.detach().argmax(1) == y).sum()
-                images += n
+                count += n
                 seen += n
                 # Checking for NaN syncs with the device: every step on CPU, every 50 on GPU.
                 if device.type == "cpu" or step % 50 == 49:
-                    _raise_if_bad(bad_step, epoch, out, recipe, dd)
+                    _raise_if_bad(bad_step, epoch, out, dd)
                 state.step = step + 1
                 if bar is not None:
                     bar(epoch, step + 1, float(loss.detach()), lr)
-                if recipe.train.checkpoint_every and state.step % recipe.train.checkpoint_every == 0 \
-                        and state.step < data.steps_per_epoch:
-                    state.acc = _merged(state.acc, loss_sum, correct, images)
-                    loss_sum.zero_(); correct.zero_(); images = 0
+                mid = bool(every) and state.step % every == 0 and state.step < steps
+                stop = _any_rank(guard.hit, dd, device) if dd.world == 1 or mid or state.step % 10 == 0 else False
+                if mid or stop:
+                    _raise_if_bad(bad_step, epoch, out, dd)  # never checkpoint past a bad step
+                    now = time.perf_counter()
+                    state.train_time += now - t_mark
+                    state.images += (seen - booked) * dd.world
+                    t_mark, booked = now, seen
+                    state.acc = _gather_acc(loss_sum, correct, count, dd, device)
                     if dd.main:
                         save_checkpoint([rundir.LAST])
-                if guard.hit:
-                    state.acc = _merged(state.acc, loss_sum, correct, images)
-                    state.train_time += time.perf_counter() - t0
-                    state.images += seen * dd.world
-                    if dd.main:
-                        save_checkpoint([rundir.LAST])
-                        rundir.write_summary(out, {**base_summary, **_results(state), "status": "interrupted"})
-                    raise Interrupted(out, epoch, state.step)
-            _raise_if_bad(bad_step, epoch, out, recipe, dd)
-            acc = _merged(state.acc, loss_sum, correct, images)
+                    if stop:
+                        if dd.main:
+                            rundir.write_summary(out, {**base_summary, **_results(state), "status": "interrupted"})
+                        raise Interrupted(out, epoch, state.step)
+            _raise_if_bad(bad_step, epoch, out, dd)
+            acc = {"loss": float(loss_sum), "correct": int(correct), "count": count}
             if dd.world > 1:
                 t = torch.tensor([acc["loss"], acc["correct"], acc["count"]], dtype=torch.float64, device=device)
                 dist.all_reduce(t)
                 acc = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2])}
-            train_s = time.perf_counter() - t0
-            state.train_time += train_s
-            state.images += seen * dd.world
+            now = time.perf_counter()
+            train_s = now - t_epoch
+            state.train_time += now - t_mark
+            state.images += (seen - booked) * dd.world
             fault_point("eval")
             test = evaluate(model, data.test_batches(), autocast) if dd.main else None
             state.epoch, state.step = epoch, 0
             state.acc = {"loss": 0.0, "correct": 0, "count": 0}
             if dd.main:
-                row = {"epoch": epoch, "lr": float(f"{lr_at(recipe, epoch, data.steps_per_epoch - 1, data.steps_per_epoch):.6g}"),
+                row = {"epoch": epoch, "lr": float(f"{lr_at(recipe, epoch, steps - 1, steps):.6g}"),
                        "train_loss": round(acc["loss"] / max(acc["count"], 1), 6),
                        "train_top1": round(acc["correct"] / max(acc["count"], 1) * 100, 4),
                        **{f"test_{k}": round(v, 4) for k, v in test.items()}}
@@ -421,10 +506,12 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, devic
                 is_best = test["top1"] >= state.best["top1"]  # official: ties go to the later epoch
                 if is_best:
                     state.best = {"top1": test["top1"], "epoch": epoch}
-                # Order matters for crash safety: best/epoch files before last.pt (see module doc).
+                # Crash safety: last.pt is written last. A kill before its rename resumes from the
+                # previous last.pt and redoes this epoch, rewriting best.pt/epoch_N.pt identically.
                 names = ([rundir.BEST] if is_best else []) + \
                         ([rundir.epoch_file(epoch)] if epoch in recipe.train.keep_epochs else []) + [rundir.LAST]
                 save_checkpoint(names)
+                fault_point("metrics")
                 rundir.write_metrics(out, state.history)
                 timings.append({"epoch": epoch, "train_s": round(train_s, 3),
                                 "images_per_s": round(seen * dd.world / max(train_s, 1e-9), 1)})
@@ -439,12 +526,37 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], dd: Dist, devic
     return result
 
 
-def _merged(acc: dict, loss_sum: torch.Tensor, correct: torch.Tensor, images: int) -> dict:
-    return {"loss": acc["loss"] + float(loss_sum), "correct": acc["correct"] + int(correct),
-            "count": acc["count"] + images}
+def _any_rank(flag: bool, dd: Dist, device: torch.device) -> bool:
+    """`flag` on any rank (a signal may reach the ranks of a DDP run at different steps)."""
+    if dd.world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
-def _raise_if_bad(bad_step: torch.Tensor, epoch: int, out: Path, recipe: Recipe, dd: Dist) -> None:
+def _gather_acc(loss_sum: torch.Tensor, correct: torch.Tensor, count: int, dd: Dist,
+                device: torch.device) -> dict:
+    """The running epoch sums for a mid-epoch checkpoint; with DDP, every rank's own sums."""
+    acc = {"loss": float(loss_sum), "correct": int(correct), "count": count}
+    if dd.world > 1:
+        mine = torch.tensor([acc["loss"], acc["correct"], acc["count"]], dtype=torch.float64, device=device)
+        parts = [torch.empty_like(mine) for _ in range(dd.world)]
+        dist.all_gather(parts, mine)
+        acc["ranks"] = [[float(p[0]), int(p[1]), int(p[2])] for p in parts]
+    return acc
+
+
+def _rank_acc(acc: dict, dd: Dist) -> dict:
+    """This rank's share of a checkpoint's running epoch sums."""
+    ranks = acc.get("ranks")
+    if dd.world > 1 and ranks and len(ranks) == dd.world:
+        loss, correct, count = ranks[dd.rank]
+        return {"loss": loss, "correct": correct, "count": count}
+    return acc
+
+
+def _raise_if_bad(bad_step: torch.Tensor, epoch: int, out: Path, dd: Dist) -> None:
     step = int(bad_step)
     if step < 0:
         return
@@ -469,7 +581,7 @@ def _results(state: State) -> dict:
         return {"epoch": row["epoch"], "top1": row["test_top1"], "top5": row["test_top5"],
                 "nll": row["test_nll"], "ece": row["test_ece"], "train_top1": row["train_top1"]}
 
-    return {"epochs_done": state.epoch, "best": pick(best), "last": pick(last),
+    return {"epochs_done": state.epoch, "resumes": state.resumes, "best": pick(best), "last": pick(last),
             "train_time_s": round(state.train_time, 2),
             "images_per_s": round(state.images / state.train_time, 1) if state.train_time > 0 else None}
 

@@ -20,7 +20,8 @@ def _run_recipe(run: Path) -> dict:
     try:
         return yaml.safe_load(p.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise TfkdError(f"cannot read {p}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TfkdError(f"cannot read {p}: {first}") from None
 
 
 def evaluate_target(target: Path, *, model: Optional[str] = None, width: Optional[float] = None,

@@ -122,12 +122,14 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Hash of everything that changes the numbers (not runtime, data location or name)."""
+        """Hash of everything that changes the numbers (not runtime, data location, kept files or name)."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("name")
         for k in ("root", "download", "workers"):
             d["data"].pop(k)
+        for k in ("checkpoint_every", "keep_epochs"):  # which files are written, not the numbers
+            d["train"].pop(k)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -336,6 +338,11 @@ def parse_set(items: typing.Iterable[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise TfkdError(f"--set {item!r}: cannot parse the value {raw!r}") from None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a user means the number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

@@ -7,12 +7,13 @@ Layout (one run = one directory):
   best.pt          checkpoint of the best test top-1 epoch (ties go to the later epoch, as official)
   epoch_N.pt       kept epochs (train.keep_epochs), e.g. De-KD's poorly-trained teachers
   summary.json     status, best/last metrics, provenance; written atomically
-  .lock            pid and host of the one process writing this run
+  .lock            pid and host of the one process writing this run (held with flock)
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -93,14 +94,17 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """One writer per run directory: an O_EXCL lock file holding `pid host`.
+    """One writer per run directory: the lock file `.lock` holds `pid host` and an flock.
 
-    A lock left by a dead process on this host is stale and is taken over.
+    The kernel drops the flock when its process dies (even by SIGKILL), so a lock file left
+    by a dead process is stale by construction and simply taken over; a pid reused by an
+    unrelated process cannot keep a run locked.
     """
 
     def __init__(self, run: Path):
         self.path = Path(run) / LOCK
         self.held = False
+        self._fd: Optional[int] = None
 
     def owner(self) -> Optional[tuple[int, str]]:
         try:
@@ -110,45 +114,59 @@ class RunLock:
             return None
 
     def is_stale(self) -> bool:
-        o = self.owner()
-        if o is None:
-            # An empty lock is a writer between create and write, or one that died there.
-            try:
-                return time.time() - self.path.stat().st_mtime > 10
-            except OSError:
-                return True
-        pid, host = o
-        return host == socket.gethostname() and not _alive(pid)
+        """True when the lock file exists but no live process holds it."""
+        return self.path.exists() and not is_locked(self.path.parent)
 
-    def acquire(self) -> None:
-        for _ in range(3):
+    def acquire(self) -> Optional[tuple[int, str]]:
+        """Take the lock; returns the (pid, host) of a dead previous holder whose lock was taken over."""
+        run = self.path.parent
+        for attempt in range(20):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self.is_stale():
-                    try:
-                        os.unlink(self.path)
-                    except FileNotFoundError:
-                        pass
-                    continue
-                pid, host = self.owner() or (0, "?")
-                raise TfkdError(f"run {self.path.parent} is in use by process {pid} on {host}; "
-                                "wait for it or stop it (a lock from a dead process is taken over)") from None
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise TfkdError(f"cannot lock {self.path.parent}: {e.strerror}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()} {socket.gethostname()}\n")
-            self.held = True
-            return
-        raise TfkdError(f"cannot lock {self.path.parent}: lock file keeps changing")
+                raise TfkdError(f"cannot write to run directory {run}: cannot create {self.path}: "
+                                f"{e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if attempt < 4:  # someone probing with is_locked() holds it for a moment
+                    time.sleep(0.05)
+                    continue
+                o = self.owner()
+                who = f"process {o[0]} on {o[1]}" if o else "another process"
+                raise TfkdError(f"run {run} is in use by {who}; wait for it to finish or stop it "
+                                "(a lock left by a dead process is taken over)") from None
+            except OSError as e:
+                os.close(fd)
+                raise TfkdError(f"cannot lock {self.path}: {e.strerror}") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released (unlinked) it between our open and flock: retry
+                os.close(fd)
+                continue
+            previous = self.owner()
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            except OSError as e:
+                os.close(fd)
+                raise TfkdError(f"cannot write {self.path}: {e.strerror}") from None
+            self._fd, self.held = fd, True
+            return previous
+        raise TfkdError(f"cannot lock {run}: the lock file keeps changing")
 
     def release(self) -> None:
         if self.held:
             try:
-                os.unlink(self.path)
+                os.unlink(self.path)  # unlink while still locked: see the inode check in acquire
             except FileNotFoundError:
                 pass
-            self.held = False
+            assert self._fd is not None
+            os.close(self._fd)
+            self._fd, self.held = None, False
 
     def __enter__(self) -> "RunLock":
         self.acquire()
@@ -159,8 +177,22 @@ class RunLock:
 
 
 def is_locked(run: Path) -> bool:
-    lock = RunLock(run)
-    return lock.path.exists() and not lock.is_stale()
+    """Whether a live process holds the lock of `run` (never blocks, never creates a file)."""
+    path = Path(run) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this filesystem: fall back to the pid in the file
+        o = RunLock(run).owner()
+        return bool(o) and (o[1] != socket.gethostname() or _alive(o[0]))
+    finally:
+        os.close(fd)
+    return False
 
 
 # -- provenance ----------------------------------------------------------------------
