@@ -109,6 +109,30 @@ def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
     return base * o.gamma ** sum(1 for m in o.milestones if epoch > m)
 
 
+def train_step(fwd: nn.Module, teacher: Optional[nn.Module], loss_fn: Callable, optimizer: torch.optim.Optimizer,
+               x: torch.Tensor, y: torch.Tensor, lr: float, autocast: Optional[Callable] = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns the (detached) loss and student logits.
+
+    The teacher runs under inference mode (no graph, no saved activations: the official
+    code runs it with autograd on and detaches the output afterwards, same numbers).
+    """
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    with (autocast() if autocast else contextlib.nullcontext()):
+        logits = fwd(x)
+        t_logits = None
+        if teacher is not None:
+            with torch.inference_mode():
+                t_logits = teacher(x)
+            t_logits = t_logits.clone()  # an ordinary tensor again, usable by autograd
+    loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -322,9 +346,14 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    # train.batch_size is the global batch (the lr is scaled from it, as officially); with
+    # torchrun each of the N processes takes batch_size / N of it.
+    if recipe.train.batch_size % dd.world:
+        raise TfkdError(f"train.batch_size {recipe.train.batch_size} is not divisible by the "
+                        f"{dd.world} processes; choose a multiple of {dd.world}")
     data = build_data(recipe.data.dataset, recipe.data.root, download=recipe.data.download,
                       per_class=recipe.data.per_class, subset_seed=recipe.data.subset_seed,
-                      augment=recipe.data.augment, device=device, batch_size=recipe.train.batch_size,
+                      augment=recipe.data.augment, device=device, batch_size=recipe.train.batch_size // dd.world,
                       eval_batch_size=recipe.train.eval_batch_size, workers=recipe.data.workers,
                       rank=dd.rank, world_size=dd.world, channels_last=rt.channels_last)
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
@@ -442,32 +471,19 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             for step, (x, y) in enumerate(data.train_batches(epoch, recipe.seed, start_step=state.step), state.step):
                 fault_point("step")
                 lr = lr_at(recipe, epoch, step, steps)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                with (autocast() if autocast else contextlib.nullcontext()):
-                    logits = fwd(x)
-                    t_logits = None
-                    if teacher is not None:
-                        with torch.inference_mode():
-                            t_logits = teacher(x)
-                        t_logits = t_logits.clone()  # leave inference mode for autograd
-                loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
-                ok = torch.isfinite(loss)
-                bad_step = torch.where((~ok) & (bad_step < 0), torch.tensor(step, device=device), bad_step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss, logits = train_step(fwd, teacher, loss_fn, optimizer, x, y, lr, autocast)
+                bad_step = torch.where(~torch.isfinite(loss) & (bad_step < 0), torch.tensor(step, device=device), bad_step)
                 n = y.shape[0]
-                loss_sum += loss.detach().double() * n
-                correct += (logits.detach().argmax(1) == y).sum()
+                loss_sum += loss.double() * n
+                correct += (logits.argmax(1) == y).sum()
                 count += n
                 seen += n
                 # Checking for NaN syncs with the device: every step on CPU, every 50 on GPU.
                 if device.type == "cpu" or step % 50 == 49:
                     _raise_if_bad(bad_step, epoch, out, dd)
                 state.step = step + 1
-                if bar is not None:
-                    bar(epoch, step + 1, float(loss.detach()), lr)
+                if bar is not None and (device.type == "cpu" or step % 20 == 0):  # float() syncs the GPU
+                    bar(epoch, step + 1, float(loss), lr)
                 mid = bool(every) and state.step % every == 0 and state.step < steps
                 stop = _any_rank(guard.hit, dd, device) if dd.world == 1 or mid or state.step % 10 == 0 else False
                 if mid or stop:
