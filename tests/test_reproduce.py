@@ -154,7 +154,7 @@ def test_compare_against_paper_and_between_results(table3):
     r = CliRunner().invoke(cli, ["compare", str(base / "results"), "--format", "md"])
     assert r.exit_code == 0, r.stdout + r.stderr
     assert "70.65" in r.stdout and "NOT comparable" in r.stdout
-    r = CliRunner().invoke(cli, ["compare", str(base / "results"), str(base / "results2"), "--format", "json"])
+    r = CliRunner().invoke(cli, ["compare", str(base / "results"), str(base / "results"), "--format", "json"])
     assert r.exit_code == 0
     rows = json.loads(r.stdout)["rows"]
     assert len(rows) == 24 and all(row["B - A"] == "+0.00" for row in rows)
@@ -188,3 +188,33 @@ def test_reproduce_list_and_unknown_table():
         assert tid in r.stdout
     r = CliRunner().invoke(cli, ["reproduce", "table9"])
     assert r.exit_code == 2 and "unknown table 'table9'" in r.stderr
+
+
+def test_plan_with_released_teachers(tmp_path):
+    """--teachers DIR: the released runs are not trained; students point at the release files
+    at the paper's epochs (base_resnet50/50.pth.tar = after 51 epochs), in their own run dirs."""
+    from tfkd_cli.loading import resolve_file
+    from tfkd_cli.reproduce.plan import build_plan
+    from tfkd_cli.reproduce.spec import load_scale, load_table
+
+    rel = tmp_path / "pretrained_teacher_models"
+    for name, files in {"base_resnet18": ["best.pth.tar", "0.pth.tar"], "base_resnet50": ["50.pth.tar"],
+                        "base_resnext29": ["50.pth.tar"]}.items():
+        (rel / name).mkdir(parents=True)
+        for f in files:
+            (rel / name / f).write_bytes(b"x")
+    table = load_table("table3")
+    own = {p.id: p for p in build_plan(table, load_scale("paper"), [0], tmp_path / "runs")}
+    plan = {p.id: p for p in build_plan(table, load_scale("paper"), [0], tmp_path / "runs", teachers=rel)}
+    assert {i for i, p in plan.items() if p.external} == {"resnet18", "resnet50_pt", "resnext29_pt"}
+    t = plan["mv2_from_r50pt"].recipe.teacher
+    assert (t.path, t.model, t.epoch, t.width) == (str(rel / "base_resnet50"), "resnet50", 51, 1.0)
+    assert resolve_file(rel / "base_resnet50", t.epoch) == rel / "base_resnet50" / "50.pth.tar"
+    t = plan["mv2_from_r18pt"].recipe.teacher
+    assert resolve_file(Path(t.path), t.epoch) == rel / "base_resnet18" / "0.pth.tar"
+    # a student taught by a released teacher never shares a run directory with one taught by ours
+    assert plan["mv2_from_r50pt"].dir != own["mv2_from_r50pt"].dir
+    assert plan["mobilenetv2"].dir == own["mobilenetv2"].dir
+    # at a reduced scale the release epoch stays the paper's
+    mini = {p.id: p for p in build_plan(table, load_scale("mini"), [0], tmp_path / "runs", teachers=rel)}
+    assert mini["sv2_from_rx29pt"].recipe.teacher.epoch == 51

@@ -108,11 +108,15 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
                 deps.append((teacher_run, seed))
                 full["teacher"]["path"] = str(dep.release or dep.dir)
                 if dep.release is not None:
+                    # The released files are the paper's full-width models at paper epochs
+                    # (base_resnet50/50.pth.tar = after 51 epochs), whatever the scale.
                     full["teacher"]["model"] = dep.recipe.model
                     full["teacher"]["width"] = 1.0
+                    full["teacher"]["epoch"] = teacher_epoch
+                    teacher_key = f"release:{dep.release.resolve()}"
                 else:
                     full["teacher"]["model"] = None
-                teacher_key = dep.key
+                    teacher_key = dep.key
                 if teacher_epoch is not None and dep.release is None and \
                         full["teacher"]["epoch"] not in dep.recipe.train.keep_epochs and \
                         full["teacher"]["epoch"] != dep.recipe.train.epochs:

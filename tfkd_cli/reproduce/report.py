@@ -34,11 +34,28 @@ def _epoch_top1(run: Path, epoch: int) -> Optional[float]:
     return None
 
 
-def _cell_values(cell, runs: list[PlannedRun], factor: float) -> dict:
+def _release_top1(p: PlannedRun, epoch, plan: list[PlannedRun]) -> Optional[float]:
+    """A released teacher's test top-1, as measured by a student that distilled from it."""
+    for q in plan:
+        t = q.recipe.teacher
+        if t.path == str(p.release) and t.epoch == epoch:
+            s = rundir.read_summary(q.dir)
+            if s and s.get("teacher") and s["teacher"].get("test"):
+                return s["teacher"]["test"]["top1"]
+    return None
+
+
+def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[PlannedRun]) -> dict:
     """Per-seed values of one cell: the reported top-1 and, for reference, best and last."""
     vals, best, last, train, dirs, teachers = [], [], [], [], [], []
     for p in runs:
-        s = rundir.read_summary(p.dir) if not p.external else None
+        if p.external:  # the authors' file: only its accuracy as measured before distilling
+            v = _release_top1(p, cell.epoch, plan)
+            if v is not None:
+                vals.append(v)
+                dirs.append(str(p.release))
+            continue
+        s = rundir.read_summary(p.dir)
         if not s or s.get("status") != "finished":
             continue
         dirs.append(str(p.dir))
@@ -82,7 +99,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
             c = {"name": cell.name, "paper": cell.paper, "paper_std": cell.paper_std,
                  "paper_gain": cell.paper_gain, "note": cell.note, "run": cell.run, "epoch": cell.epoch}
             if cell.run:
-                v = _cell_values(cell, by_id.get(cell.run, []), scale.epoch_factor)
+                v = _cell_values(cell, by_id.get(cell.run, []), scale.epoch_factor, plan)
                 mean, std = _mean_std(v["values"])
                 c.update({"mean": mean, "std": std, "n": len(v["values"]), "values": v["values"],
                           "best_mean": _mean_std(v["best"])[0], "last_mean": _mean_std(v["last"])[0],
