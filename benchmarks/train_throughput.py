@@ -187,7 +187,7 @@ def _setup_tfkd(spec: dict):
     # ---- the engine's own step (engine.train_step) and its per-step bookkeeping ----
     def step_fn(epoch, step, x, y) -> int:
         lr = lr_at(recipe, epoch, step, spe)
-        loss, logits = train_step(fwd, teacher, loss_fn, optimizer, x, y, lr, autocast)
+        loss, logits, _ = train_step(fwd, teacher, loss_fn, optimizer, x, y, lr, autocast)
         bad_step = st["bad_step"]
         st["bad_step"] = torch.where(~torch.isfinite(loss) & (bad_step < 0), torch.tensor(step, device=device), bad_step)
         n = y.shape[0]

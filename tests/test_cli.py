@@ -186,3 +186,20 @@ def test_malicious_checkpoint_is_refused_and_never_run(tmp_path):
     r = run("evaluate", bad2, "--model", "resnet18", "--dataset", "digits", ok=False)
     assert r.exit_code == 2 and "refused to load" in r.stderr
     assert not marker.exists()
+
+
+def test_teacher_logits_shared_between_students(teacher, tmp_path):
+    """A second student of the same teacher on the same batches reads the teacher's logits
+    instead of running it, and ends with exactly the weights of a run without the cache."""
+    args = ["distill", "--student", "mobilenetv2", "--teacher", teacher, *TINY, "--epochs", "2"]
+    run(*args, "--out", tmp_path / "a")
+    run(*args, "--out", tmp_path / "b")
+    run(*args, "--out", tmp_path / "c", "--set", "runtime.teacher_cache=false")
+    sa, sb, sc = (json.loads((tmp_path / n / "summary.json").read_text()) for n in "abc")
+    assert (sa["teacher_cache"]["epochs_computed"], sa["teacher_cache"]["epochs_reused"]) == (2, 0)
+    assert (sb["teacher_cache"]["epochs_computed"], sb["teacher_cache"]["epochs_reused"]) == (0, 2)
+    assert "teacher_cache" not in sc
+    wb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    wc = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wb[k], wc[k]) for k in wb)
+    assert (tmp_path / "b" / "metrics.csv").read_text() == (tmp_path / "c" / "metrics.csv").read_text()

@@ -45,6 +45,7 @@ from tfkd_cli.losses import NEEDS_TEACHER, build_loss
 from tfkd_cli.metrics import evaluate
 from tfkd_cli.models import build_model, canonical_name, count_params
 from tfkd_cli.recipe import Recipe, dump
+from tfkd_cli.teacher_cache import TeacherCache
 
 # Crash-point hook for tests: TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th time the named
 # point is reached. Points: step (before each training step), checkpoint_write (inside each
@@ -110,27 +111,27 @@ def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
 
 
 def train_step(fwd: nn.Module, teacher: Optional[nn.Module], loss_fn: Callable, optimizer: torch.optim.Optimizer,
-               x: torch.Tensor, y: torch.Tensor, lr: float, autocast: Optional[Callable] = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; returns the (detached) loss and student logits.
+               x: torch.Tensor, y: torch.Tensor, lr: float, autocast: Optional[Callable] = None,
+               t_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One optimisation step; returns the (detached) loss, student logits and teacher logits.
 
     The teacher runs under inference mode (no graph, no saved activations: the official
-    code runs it with autograd on and detaches the output afterwards, same numbers).
+    code runs it with autograd on and detaches the output afterwards, same numbers), unless
+    its logits for this batch are given (`t_logits`, from the teacher cache).
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
     with (autocast() if autocast else contextlib.nullcontext()):
         logits = fwd(x)
-        t_logits = None
-        if teacher is not None:
+        if teacher is not None and t_logits is None:
             with torch.inference_mode():
                 t_logits = teacher(x)
-            t_logits = t_logits.clone()  # an ordinary tensor again, usable by autograd
+            t_logits = t_logits.float().clone()  # an ordinary tensor again, usable by autograd
     loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), logits.detach()
+    return loss.detach(), logits.detach(), t_logits
 
 
 def seed_everything(seed: int) -> None:
@@ -380,6 +381,16 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             log(f"teacher {loaded.name} ({loaded.source}, {loaded.file.name}): "
                 f"test top-1 {teacher_info['test']['top1']:.2f}%")
 
+    per_rank = recipe.train.batch_size // dd.world
+    tcache = None
+    if teacher is not None and rt.teacher_cache:
+        tcache = TeacherCache(out.resolve().parent, {
+            "teacher_sha256": teacher_info["sha256"], "teacher": [loaded.name, loaded.width],
+            "data": [recipe.data.dataset, str(recipe.data.root), recipe.data.per_class,
+                     recipe.data.subset_seed, recipe.data.augment],
+            "seed": recipe.seed, "batch": per_rank, "rank": [dd.rank, dd.world],
+            "numerics": [device.type, rt.amp, rt.channels_last, torch.get_num_threads(), torch.__version__]})
+
     seed_everything(recipe.seed)
     model = build_model(recipe.model, num_classes=data.num_classes, width=recipe.width)
     model = model.to(device, memory_format=fmt)
@@ -468,10 +479,17 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             correct = torch.tensor(mine["correct"], device=device, dtype=torch.int64)
             count = mine["count"]
             bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+            cached = tcache.load(epoch, device) if tcache else None
+            collect = [] if tcache is not None and cached is None and state.step == 0 else None
+            row = state.step * per_rank  # first row of this step's batch in the epoch's logits
             for step, (x, y) in enumerate(data.train_batches(epoch, recipe.seed, start_step=state.step), state.step):
                 fault_point("step")
                 lr = lr_at(recipe, epoch, step, steps)
-                loss, logits = train_step(fwd, teacher, loss_fn, optimizer, x, y, lr, autocast)
+                t_in = cached[row:row + y.shape[0]] if cached is not None else None
+                row += y.shape[0]
+                loss, logits, t_out = train_step(fwd, teacher, loss_fn, optimizer, x, y, lr, autocast, t_in)
+                if collect is not None:
+                    collect.append(t_out)
                 bad_step = torch.where(~torch.isfinite(loss) & (bad_step < 0), torch.tensor(step, device=device), bad_step)
                 n = y.shape[0]
                 loss_sum += loss.double() * n
@@ -505,6 +523,17 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                 t = torch.tensor([acc["loss"], acc["correct"], acc["count"]], dtype=torch.float64, device=device)
                 dist.all_reduce(t)
                 acc = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2])}
+            if tcache is not None:
+                if cached is not None:
+                    tcache.hits += 1
+                else:
+                    tcache.misses += 1
+                    if collect:  # a whole epoch computed in this session: store it for the next student
+                        try:
+                            tcache.save(epoch, torch.cat(collect))
+                        except TfkdError as e:  # a cache must never fail a run (e.g. a full disk)
+                            log(f"note: teacher logits not cached ({e}); continuing without the cache")
+                            tcache = None
             now = time.perf_counter()
             train_s = now - t_epoch
             state.train_time += now - t_mark
@@ -536,7 +565,9 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             if dd.world > 1:
                 dist.barrier()
 
-    result = {**base_summary, **_results(state), "status": "finished"} if dd.main else {}
+    cache = {"teacher_cache": {"dir": str(tcache.dir), "epochs_reused": tcache.hits,
+                               "epochs_computed": tcache.misses}} if tcache is not None else {}
+    result = {**base_summary, **_results(state), **cache, "status": "finished"} if dd.main else {}
     if dd.main:
         rundir.write_summary(out, result)
     return result

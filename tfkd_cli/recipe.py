@@ -96,6 +96,7 @@ class RuntimeCfg:
     channels_last: bool = False
     deterministic: bool = False  # torch.use_deterministic_algorithms; cudnn.benchmark off
     threads: int = 0  # torch CPU threads (0: torch default)
+    teacher_cache: bool = True  # share a frozen teacher's logits between students (tfkd_cli.teacher_cache)
 
 
 @dataclass
