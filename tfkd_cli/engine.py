@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field

@@ -22,7 +22,6 @@ def ece(probs: Tensor, labels: Tensor, bins: int = ECE_BINS) -> float:
     conf, pred = probs.max(1)
     correct = pred.eq(labels).float()
     idx = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)  # bin b holds (b/bins, (b+1)/bins]
-    n = torch.bincount(idx, minlength=bins).float()
     acc_sum = torch.bincount(idx, weights=correct, minlength=bins)
     conf_sum = torch.bincount(idx, weights=conf, minlength=bins)
     return float((acc_sum - conf_sum).abs().sum() / max(len(labels), 1) * 100.0)
