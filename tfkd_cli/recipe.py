@@ -122,13 +122,18 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def hash(self) -> str:
-        """Hash of everything that changes the numbers (not runtime, data location, kept files or name)."""
+    def identity(self) -> dict:
+        """The recipe without what does not define the run: runtime, data location, name."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("name")
         for k in ("root", "download", "workers"):
             d["data"].pop(k)
+        return d
+
+    def hash(self) -> str:
+        """Hash of everything that changes the numbers (the identity without kept files)."""
+        d = self.identity()
         for k in ("checkpoint_every", "keep_epochs"):  # which files are written, not the numbers
             d["train"].pop(k)
         blob = json.dumps(d, sort_keys=True, default=str).encode()

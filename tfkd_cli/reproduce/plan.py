@@ -148,11 +148,7 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
 
 
 def _key(recipe: Recipe, teacher_key: Optional[str]) -> str:
-    d = recipe.to_dict()
-    for k in ("runtime", "name"):
-        d.pop(k)
-    for k in ("root", "download", "workers"):
-        d["data"].pop(k)
+    d = recipe.identity()  # kept epochs count here: a run dir must hold the files asked of it
     if teacher_key is not None:
         d["teacher"]["path"] = teacher_key
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
