@@ -46,7 +46,7 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
                       "release " + str(p.release) if p.external else st, _hms(secs)])
     head = tabulate(lines, headers=["run", "what", "epochs", "batch", "lr", "needs", "status", "est. time"])
     return f"{head}\n\n{len(lines)} runs; estimated time for pending runs on {device}: {_hms(total)} " \
-           "(rough: FLOPs / measured throughput, see tfkd_cli/reproduce/cost.py)"
+           "(rough: per-image times measured per model, see tfkd_cli/reproduce/cost.py)"
 
 
 def _hms(s: float) -> str:

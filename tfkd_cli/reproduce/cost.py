@@ -1,10 +1,15 @@
-"""Rough time estimates for `reproduce --dry-run`: FLOPs / measured throughput.
+"""Rough time estimates for `reproduce --dry-run`.
 
-FLOPs are counted exactly (torch's FlopCounterMode on one 32x32 or 224x224 image); the
-achieved FLOP rates per model family were measured with tfkd's own training step, so the
-estimate is as good as the machine is similar to the one we measured on:
-  cpu:  2-core Intel Xeon VM (the CI machine), torch 2.14.1, channels_last off, batch 128
-  cuda: one H100, bf16 autocast (see benchmarks/README.md)
+CPU: small models are dominated by per-layer overhead, not FLOPs (at an eighth of the width
+ResNet18 has 1/64 of the FLOPs but costs a third of the time per image), so a FLOP rate is
+wrong by 2-5x at the mini scale. Instead each model has per-image times measured with
+tfkd's training step and evaluation forward at several widths (2-core AMD EPYC VM, torch
+2.14.1, 1 thread, channels_last, batch 128); the estimate interpolates them linearly in
+forward FLOPs and extrapolates along the nearest segment. Models without measurements fall
+back to a fixed overhead plus FLOPs / a typical rate.
+CUDA: FLOPs / achieved rate measured on one H100 with bf16 autocast (benchmarks/README.md).
+The teacher-logit cache is not modelled: a teacher's forward is counted for every student,
+so runs that share a teacher cost less than estimated.
 """
 
 from __future__ import annotations
@@ -17,20 +22,21 @@ import torch
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.recipe import Recipe
 
-# Achieved GFLOP/s of a training step (forward + backward + SGD, counted as 3x forward) and
-# of an inference forward (teacher, evaluation), per device; "default" for other models.
-RATES = {
-    "cpu": {
-        "train": {"resnet18": 370, "resnet50": 60, "mobilenetv2": 75, "shufflenetv2": 40, "googlenet": 180,
-                  "densenet121": 180, "resnext29_8x64d": 100, "default": 150},
-        "infer": {"resnet18": 440, "resnet50": 360, "mobilenetv2": 150, "shufflenetv2": 120, "googlenet": 260,
-                  "densenet121": 230, "resnext29_8x64d": 270, "default": 250},
-    },
-    "cuda": {"train": {"default": 60_000}, "infer": {"default": 150_000}},
+# model -> [(width, train-step ms per image, eval-forward ms per image)], measured on the CPU.
+CPU_MS = {
+    "resnet18": [(0.0625, 0.426, 0.092), (0.125, 0.579, 0.156), (0.25, 1.542, 0.514)],
+    "mobilenetv2": [(0.0625, 0.556, 0.086), (0.125, 0.703, 0.108), (0.25, 1.180, 0.277)],
+    "shufflenetv2": [(0.125, 0.637, 0.110), (0.25, 0.946, 0.158)],
+    "resnet50": [(0.0625, 1.057, 0.231), (0.125, 1.897, 0.702)],
+    "resnext29_8x64d": [(0.0625, 3.737, 0.961), (0.125, 9.117, 2.841)],
+    "googlenet": [(0.0625, 2.355, 0.605), (0.125, 3.775, 1.003)],
 }
+CPU_DEFAULT = {"train": (0.5e-3, 50e9), "infer": (0.1e-3, 150e9)}  # overhead s/image, FLOP/s
+# Achieved FLOP/s of a training step (counted as 3x forward) and of a forward, on CUDA.
+CUDA_RATES = {"train": 60_000e9, "infer": 150_000e9}
 
-DATASET_SIZES = {  # train, test images, image side
-    "cifar100": (50_000, 10_000, 32), "cifar10": (50_000, 10_000, 32), "cifar-layout": (50_000, 10_000, 32),
+DATASET_SIZES = {  # train, test images, image side (cifar-layout: the tiny100-32 stand-in)
+    "cifar100": (50_000, 10_000, 32), "cifar10": (50_000, 10_000, 32), "cifar-layout": (50_000, 5_000, 32),
     "digits": (1_437, 360, 32), "tiny-imagenet": (100_000, 10_000, 64), "imagenet": (1_281_167, 50_000, 224),
 }
 
@@ -47,9 +53,23 @@ def forward_flops(model: str, width: float, num_classes: int, side: int) -> floa
     return float(fc.get_total_flops())
 
 
-def _rate(device: str, kind: str, model: str) -> float:
-    table = RATES["cuda" if device.startswith("cuda") else "cpu"][kind]
-    return table.get(canonical_name(model), table["default"]) * 1e9
+def _seconds_per_image(device: str, kind: str, model: str, width: float, classes: int, side: int) -> float:
+    """Seconds per image of a training step (kind "train") or an inference forward ("infer")."""
+    f = forward_flops(model, width, classes, side)
+    if device.startswith("cuda"):
+        return (3 * f if kind == "train" else f) / CUDA_RATES[kind]
+    points = CPU_MS.get(canonical_name(model))
+    if not points or side != 32:
+        overhead, rate = CPU_DEFAULT[kind]
+        return overhead + (3 * f if kind == "train" else f) / rate
+    col = 1 if kind == "train" else 2
+    xy = sorted((forward_flops(model, p[0], 100, 32), p[col] / 1e3) for p in points)
+    if len(xy) == 1:
+        return xy[0][1] * f / xy[0][0]
+    # the segment containing f, or the nearest end segment to extrapolate along
+    i = min(max(sum(x <= f for x, _ in xy) - 1, 0), len(xy) - 2)
+    (x0, y0), (x1, y1) = xy[i], xy[i + 1]
+    return max(y0 + (y1 - y0) * (f - x0) / (x1 - x0), 0.2 * y0)
 
 
 def estimate_seconds(r: Recipe, device: str = "cpu", teacher: Optional[Recipe] = None) -> float:
@@ -58,10 +78,10 @@ def estimate_seconds(r: Recipe, device: str = "cpu", teacher: Optional[Recipe] =
     classes = {"cifar10": 10, "digits": 10, "tiny-imagenet": 200, "imagenet": 1000}.get(r.data.dataset, 100)
     if r.data.per_class:
         n_train = r.data.per_class * classes
-    f = forward_flops(r.model, r.width, classes, side)
-    per_epoch = n_train * 3 * f / _rate(device, "train", r.model) + n_test * f / _rate(device, "infer", r.model)
+    per_epoch = (n_train * _seconds_per_image(device, "train", r.model, r.width, classes, side)
+                 + n_test * _seconds_per_image(device, "infer", r.model, r.width, classes, side))
     if r.teacher.path and r.method in ("kd", "kd_self"):
         tm = r.teacher.model or (teacher.model if teacher else r.model)
         tw = r.teacher.width or (teacher.width if teacher else r.width)
-        per_epoch += n_train * forward_flops(tm, tw, classes, side) / _rate(device, "infer", tm)
+        per_epoch += n_train * _seconds_per_image(device, "infer", tm, tw, classes, side)
     return per_epoch * r.train.epochs

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.models import is_torchvision
+from tfkd_cli.models import canonical_name, is_torchvision
 from tfkd_cli.recipe import Recipe, from_dict, merge
 from tfkd_cli.reproduce.spec import Scale, Table
 
@@ -97,6 +97,7 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             full = merge(defaults, layer)
             full = _apply_scale(full, scale.epoch_factor)
             full = merge(full, scale.overrides)
+            full = merge(full, scale.per_model.get(canonical_name(full["model"]), {}))
             if is_torchvision(full["model"]):
                 full["width"] = 1.0  # width multipliers exist for the CIFAR models only
             full["seed"] = seed

@@ -16,7 +16,9 @@ A table recipe declares
   claims:       per row verdicts: column X `improves` on column Y, or `matches` it within a
                 tolerance.
 A scale overlay (recipes/scales/<scale>.yaml) declares `epoch_factor` (epochs, milestones,
-kept epochs and teacher epochs scale in proportion) and `overrides` merged into every run.
+kept epochs and teacher epochs scale in proportion), `overrides` merged into every run, and
+`per_model` overrides merged into the runs of one model after those (e.g. a narrower width
+for a model that would otherwise dominate the scale's compute).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class Scale:
     description: str
     epoch_factor: float = 1.0
     overrides: dict = field(default_factory=dict)
+    per_model: dict = field(default_factory=dict)  # model name -> overrides for its runs
     comparable_with_paper: bool = False
     data_note: Optional[str] = None
 
@@ -194,4 +197,16 @@ def load_scale(name: str) -> Scale:
         raise TfkdError(f"{path}: {e}") from None
     if s.epoch_factor <= 0:
         raise TfkdError(f"{path}: epoch_factor must be > 0")
+    from tfkd_cli.models import canonical_name
+
+    per_model = {}
+    for name, over in (s.per_model or {}).items():
+        try:
+            key = canonical_name(name)
+        except TfkdError as e:
+            raise TfkdError(f"{path}: per_model: {e}") from None
+        if not isinstance(over, dict):
+            raise TfkdError(f"{path}: per_model.{name} must be a mapping of recipe fields, got {over!r}")
+        per_model[key] = over
+    s.per_model = per_model
     return s
