@@ -46,10 +46,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(out: Path, cwd: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TFKD_FAULT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+           if k not in ("TFKD_FAULT", "TFKD_FAULT_NAN", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                        "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"  # two ranks on a small machine; torchrun would set it too
+    env.update(extra_env or {})
     p = None
     for _ in range(3):  # the free port can be taken between probing and binding: retry
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(WORLD),
@@ -143,3 +145,18 @@ def test_ddp_checkpoint_loads_into_a_plain_model(ddp_run):
     test = evaluate(loaded.model.eval(), data.test_batches())
     # the same weights and test set: the same accuracy (up to one image of 360, for thread-count rounding)
     assert test["top1"] == pytest.approx(s["best"]["top1"], abs=100.0 / data.num_test + 1e-6)
+
+
+def test_nan_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1 alone meets a non-finite loss at step 3: both ranks must stop there (rank 0 would
+    otherwise wait forever in the next gradient all-reduce), the run is marked failed with one
+    error line, and the last good checkpoint (none yet, in epoch 1) is not overwritten."""
+    out, cwd = tmp_path / "run", tmp_path / "cwd"
+    cwd.mkdir()
+    p = _torchrun(out, cwd, {"TFKD_FAULT_NAN": "1:3"})  # subprocess timeout: a hang fails the test
+    assert p.returncode != 0, p.stdout + p.stderr
+    s = json.loads((out / rundir.SUMMARY).read_text())
+    assert s["status"] == "failed"
+    assert s["error"].startswith("non-finite loss at epoch 1 step 4; stopped before any checkpoint"), s["error"]
+    assert "tfkd: run failed: non-finite loss at epoch 1 step 4" in p.stderr
+    assert not (out / rundir.LAST).exists() and not (out / rundir.LOCK).exists()

@@ -51,6 +51,9 @@ from tfkd_cli.teacher_cache import TeacherCache
 # checkpoint file's atomic write: temp file written, not yet synced or renamed), eval (before
 # each end-of-epoch evaluation), metrics (after an epoch's checkpoints, before metrics.csv).
 _FAULT = os.environ.get("TFKD_FAULT", "")
+# TFKD_FAULT_NAN=<rank>:<step> makes that rank see a non-finite loss at that (0-based) step of
+# each epoch, the way one DDP rank can meet a bad batch that the others do not.
+_FAULT_NAN = os.environ.get("TFKD_FAULT_NAN", "")
 
 
 class Interrupted(Exception):
@@ -489,6 +492,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                 loss, logits, t_out = train_step(fwd, teacher, loss_fn, optimizer, x, y, lr, autocast, t_in)
                 if collect is not None:
                     collect.append(t_out)
+                if _FAULT_NAN and _nan_fault(dd.rank, step):
+                    loss = loss * float("nan")
                 bad_step = torch.where(~torch.isfinite(loss) & (bad_step < 0), torch.tensor(step, device=device), bad_step)
                 n = y.shape[0]
                 loss_sum += loss.double() * n
@@ -602,7 +607,18 @@ def _rank_acc(acc: dict, dd: Dist) -> dict:
     return acc
 
 
+def _nan_fault(rank: int, step: int) -> bool:
+    """Test hook (TFKD_FAULT_NAN): should this rank's loss at this step count as non-finite?"""
+    return bool(_FAULT_NAN) and _FAULT_NAN == f"{rank}:{step}"
+
+
 def _raise_if_bad(bad_step: torch.Tensor, epoch: int, out: Path, dd: Dist) -> None:
+    """Stop the run at the first non-finite loss. Under DDP every rank calls this at the same
+    steps and takes the max over ranks, so all ranks stop together: a rank that stopped alone
+    would leave the others waiting forever in the next gradient all-reduce."""
+    if dd.world > 1:
+        bad_step = bad_step.clone()
+        dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
     step = int(bad_step)
     if step < 0:
         return
