@@ -75,6 +75,7 @@ def test_reproduce_writes_the_table(table3):
     h = data["header"]
     assert h["runs_total"] == 13 and h["runs_finished"] == 13 and h["seeds"] == [0]
     assert h["torch"] and h["hardware"] and "git_commit" in h and h["compute_time_s"] > 0
+    assert h["compute_train_only_runs"] == 0  # every run recorded its whole run time
     for row in data["rows"]:
         cells = row["cells"]
         assert cells["dekd"]["n"] == 1 and cells["student"]["n"] == 1 and cells["teacher"]["n"] == 1

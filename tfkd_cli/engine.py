@@ -206,6 +206,7 @@ class State:
     history: list = field(default_factory=list)  # metrics.csv rows
     acc: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "count": 0})  # running epoch stats
     train_time: float = 0.0  # seconds of training so far (all sessions, up to the checkpoint)
+    run_time: float = 0.0  # wall seconds of epochs: training, evaluation, checkpoints (all sessions)
     images: int = 0  # training images processed so far, all ranks
     resumes: int = 0  # times this run was resumed
 
@@ -408,6 +409,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             s = resume_ck["state"]
             state = State(epoch=s["epoch"], step=s["step"], best=s["best"], history=s["history"],
                           acc=s["acc"], train_time=s["train_time"], images=s["images"],
+                          run_time=s.get("run_time", 0.0),
                           resumes=s.get("resumes", 0) + 1)
             set_rng_state(resume_ck["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -461,7 +463,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
               "threads": torch.get_num_threads(),
               "state": {"epoch": state.epoch, "step": state.step, "best": state.best,
                         "history": state.history, "acc": state.acc, "train_time": state.train_time,
-                        "images": state.images, "resumes": state.resumes}}
+                        "run_time": state.run_time, "images": state.images, "resumes": state.resumes}}
         for name in path_names:
             ckpt_io.save(out / name, ck, before_replace=lambda: fault_point("checkpoint_write"))
 
@@ -470,6 +472,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     steps = data.steps_per_epoch
     every = recipe.train.checkpoint_every
     with guard, _progress(progress and dd.main, recipe, steps, state) as bar:
+        t_run = time.perf_counter()  # wall time booked into state.run_time up to here
         while state.epoch < recipe.train.epochs:
             epoch = state.epoch + 1
             model.train()
@@ -512,8 +515,9 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                     _raise_if_bad(bad_step, epoch, out, dd)  # never checkpoint past a bad step
                     now = time.perf_counter()
                     state.train_time += now - t_mark
+                    state.run_time += now - t_run
                     state.images += (seen - booked) * dd.world
-                    t_mark, booked = now, seen
+                    t_mark, t_run, booked = now, now, seen
                     state.acc = _gather_acc(loss_sum, correct, count, dd, device)
                     if dd.main:
                         save_checkpoint([rundir.LAST])
@@ -546,6 +550,9 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             test = evaluate(model, data.test_batches(), autocast) if dd.main else None
             state.epoch, state.step = epoch, 0
             state.acc = {"loss": 0.0, "correct": 0, "count": 0}
+            now = time.perf_counter()
+            state.run_time += now - t_run  # this epoch's checkpoint write counts toward the next
+            t_run = now
             if dd.main:
                 row = {"epoch": epoch, "lr": float(f"{lr_at(recipe, epoch, steps - 1, steps):.6g}"),
                        "train_loss": round(acc["loss"] / max(acc["count"], 1), 6),
@@ -644,7 +651,7 @@ def _results(state: State) -> dict:
                 "nll": row["test_nll"], "ece": row["test_ece"], "train_top1": row["train_top1"]}
 
     return {"epochs_done": state.epoch, "resumes": state.resumes, "best": pick(best), "last": pick(last),
-            "train_time_s": round(state.train_time, 2),
+            "train_time_s": round(state.train_time, 2), "run_time_s": round(state.run_time, 2),
             "images_per_s": round(state.images / state.train_time, 1) if state.train_time > 0 else None}
 
 

@@ -136,13 +136,17 @@ def _verdict(cl, x: Optional[float], y: Optional[float]) -> str:
 
 
 def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]) -> dict:
-    total, done, failed, prov = 0.0, 0, [], None
+    total, done, failed, prov, train_only = 0.0, 0, [], None, 0
     uniq = unique_runs(plan)
     for p in uniq:
         s = rundir.read_summary(p.dir) if not p.external else None
         if not s:
             continue
-        total += float(s.get("train_time_s") or 0.0)
+        if s.get("run_time_s") is not None:  # training + evaluation + checkpoints
+            total += float(s["run_time_s"])
+        else:  # written before tfkd recorded run time: its training time only
+            total += float(s.get("train_time_s") or 0.0)
+            train_only += 1
         if s.get("status") == "finished":
             done += 1
             prov = prov or s
@@ -155,7 +159,7 @@ def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]
         "comparable_with_paper": scale.comparable_with_paper,
         "dataset": ", ".join(datasets), "data_note": scale.data_note,
         "seeds": seeds, "runs_total": len(uniq), "runs_finished": done, "runs_failed": failed,
-        "compute_time_s": round(total, 1),
+        "compute_time_s": round(total, 1), "compute_train_only_runs": train_only,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **({k: prov.get(k) for k in keys} if prov else {}),
     }
@@ -210,7 +214,9 @@ def header_lines(res: dict) -> list[str]:
         + f"; the paper used {res['paper_dataset']}",
         f"- seeds: {', '.join(map(str, h['seeds']))}; runs finished {h['runs_finished']}/{h['runs_total']}"
         + (f", failed {len(h['runs_failed'])}" if h["runs_failed"] else ""),
-        f"- compute: {h['compute_time_s'] / 3600:.2f} h of training on {h.get('hardware') or 'n/a'} ({h.get('device') or 'n/a'})",
+        f"- compute: {h['compute_time_s'] / 3600:.2f} h of runs (training and evaluation) on {h.get('hardware') or 'n/a'} "
+        f"({h.get('device') or 'n/a'})" + (f"; {h['compute_train_only_runs']} run(s) recorded training time only"
+                                          if h.get("compute_train_only_runs") else ""),
         f"- tfkd {h.get('tfkd')} at commit {h.get('git_commit')}; torch {h.get('torch')}, torchvision "
         f"{h.get('torchvision')}, Python {h.get('python')}; generated {h['generated']}",
         f"- paper numbers: {res['source']}",
