@@ -119,12 +119,26 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
             gain = None if a.get("mean") is None or b.get("mean") is None else a["mean"] - b["mean"]
             paper_gain = None if a.get("paper") is None or b.get("paper") is None else a["paper"] - b["paper"]
             claims.append({"text": cl.text, "kind": cl.kind, "column": cl.column, "baseline": cl.baseline,
-                           "gain": gain, "paper_gain": paper_gain, "verdict": ours, "paper_verdict": paper})
+                           "gain": gain, "paper_gain": paper_gain, "verdict": ours, "paper_verdict": paper,
+                           "noise": _noise(gain, a, b)})
             a.setdefault("gain_over", {})[cl.baseline] = gain
         rows.append({"label": row.label, "note": row.note, "cells": cells, "claims": claims})
     return {"table": table.table, "title": table.title, "source": table.source, "status": table.status,
             "paper_dataset": table.dataset, "columns": [{"key": c.key, "title": c.title} for c in table.columns],
             "rows": rows, "notes": table.notes, "header": _header(table, scale, plan, seeds)}
+
+
+def _noise(gain: Optional[float], a: dict, b: dict) -> Optional[str]:
+    """Is a gain over seeds larger than its noise? "clear" when |gain| > 2 standard errors,
+    se = sqrt(std_a^2/n_a + std_b^2/n_b); "within noise" otherwise; "1 seed" when either cell
+    has fewer than two seeds (its noise is unknown)."""
+    if gain is None:
+        return None
+    na, nb = a.get("n") or 0, b.get("n") or 0
+    if na < 2 or nb < 2:
+        return "1 seed"
+    se = math.sqrt(a["std"] ** 2 / na + b["std"] ** 2 / nb)
+    return "clear" if abs(gain) > 2 * se else "within noise"
 
 
 def _verdict(cl, x: Optional[float], y: Optional[float]) -> str:
@@ -137,6 +151,7 @@ def _verdict(cl, x: Optional[float], y: Optional[float]) -> str:
 
 def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]) -> dict:
     total, done, failed, prov, train_only = 0.0, 0, [], None, 0
+    commits: list[str] = []  # a table's runs may span commits (a reproduction resumed after an update)
     uniq = unique_runs(plan)
     for p in uniq:
         s = rundir.read_summary(p.dir) if not p.external else None
@@ -150,6 +165,8 @@ def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]
         if s.get("status") == "finished":
             done += 1
             prov = prov or s
+            if s.get("git_commit") and s["git_commit"] not in commits:
+                commits.append(s["git_commit"])
         elif s.get("status") == "failed":
             failed.append({"run": p.name, "error": s.get("error")})
     datasets = sorted({p.recipe.data.dataset for p in plan})
@@ -162,6 +179,7 @@ def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]
         "compute_time_s": round(total, 1), "compute_train_only_runs": train_only,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **({k: prov.get(k) for k in keys} if prov else {}),
+        "git_commits": commits,
     }
 
 
@@ -217,11 +235,13 @@ def header_lines(res: dict) -> list[str]:
         f"- compute: {h['compute_time_s'] / 3600:.2f} h of runs (training and evaluation) on {h.get('hardware') or 'n/a'} "
         f"({h.get('device') or 'n/a'})" + (f"; {h['compute_train_only_runs']} run(s) recorded training time only"
                                           if h.get("compute_train_only_runs") else ""),
-        f"- tfkd {h.get('tfkd')} at commit {h.get('git_commit')}; torch {h.get('torch')}, torchvision "
+        f"- tfkd {h.get('tfkd')} at commit {', '.join(c[:12] for c in h.get('git_commits') or []) or h.get('git_commit')}; torch {h.get('torch')}, torchvision "
         f"{h.get('torchvision')}, Python {h.get('python')}; generated {h['generated']}",
         f"- paper numbers: {res['source']}",
         "- cells: paper value, then ours as mean±std over seeds (n); top-1 test accuracy (%), "
         "the epoch each run reports (official: best)",
+        "- verdicts compare the means; \"within noise\" marks a difference smaller than two standard errors "
+        "over seeds, \"1 seed\" one whose noise is unknown",
     ]
     return lines
 
@@ -251,7 +271,8 @@ def to_markdown(res: dict) -> str:
             if not cl:
                 line.append("")
                 continue
-            g = "" if cl["gain"] is None else f" ({cl['gain']:+.2f}; paper {_fmt(cl['paper_gain'])})"
+            noise = "" if cl.get("noise") in (None, "clear") else f", {cl['noise']}"
+            g = "" if cl["gain"] is None else f" ({cl['gain']:+.2f}{noise}; paper {_fmt(cl['paper_gain'])})"
             line.append(f"{cl['verdict']}{g}")
         body.append(line)
     out = "\n".join(header_lines(res)) + "\n\n" + tabulate(body, headers=headers, tablefmt="github") + "\n"

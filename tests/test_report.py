@@ -1,0 +1,27 @@
+"""Claim verdicts in results tables: the noise qualifier beside each verdict."""
+
+import math
+
+from tfkd_cli.reproduce.report import _noise
+
+
+def cell(mean, std, n):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def test_gain_beyond_two_standard_errors_is_clear():
+    a, b = cell(61.0, 0.2, 2), cell(60.0, 0.2, 2)  # se = sqrt(0.02 + 0.02) = 0.2
+    assert _noise(1.0, a, b) == "clear"
+    assert _noise(-1.0, a, b) == "clear"  # a clear loss is clear too
+
+
+def test_gain_within_two_standard_errors_is_noise():
+    a, b = cell(60.5, 1.0, 2), cell(60.0, 1.0, 2)  # se = 1.0
+    assert _noise(0.5, a, b) == "within noise"
+    se = math.sqrt(1.0 / 2 + 1.0 / 2)
+    assert _noise(2 * se + 1e-9, a, b) == "clear" and _noise(2 * se - 1e-9, a, b) == "within noise"
+
+
+def test_single_seed_has_unknown_noise():
+    assert _noise(3.0, cell(63.0, 0.0, 1), cell(60.0, 0.5, 2)) == "1 seed"
+    assert _noise(None, cell(None, None, 0), cell(60.0, 0.5, 2)) is None
