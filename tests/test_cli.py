@@ -203,3 +203,20 @@ def test_teacher_logits_shared_between_students(teacher, tmp_path):
     wc = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(wb[k], wc[k]) for k in wb)
     assert (tmp_path / "b" / "metrics.csv").read_text() == (tmp_path / "c" / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize("threads, kept", [(2, False), (1, True)])
+def test_channels_last_on_a_multithreaded_cpu_is_turned_off_not_crashed(tmp_path, threads, kept):
+    """torch 2.14's CPU backward of a strided 1x1 conv in channels_last segfaults on odd batches
+    with >1 thread; digits' last batch (1437 % 128 = 29) is odd and ResNet18 has such convs.
+    A subprocess, so that a crash fails this test instead of killing the test session."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "tfkd_cli", "train-teacher", *TINY, "--channels-last",
+                        "--set", f"runtime.threads={threads}", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["channels_last"] is kept
+    assert ("channels_last is off" in p.stderr) is (not kept)

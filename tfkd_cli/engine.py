@@ -350,6 +350,15 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    channels_last = rt.channels_last
+    if channels_last and device.type == "cpu" and torch.get_num_threads() > 1:
+        # torch 2.14's CPU backward of a 1x1 stride-2 convolution (the ResNet shortcuts) in
+        # channels_last segfaults on odd batch sizes with more than one thread, and an epoch's
+        # last batch is often odd. One thread, or the default memory format, is safe.
+        log("note: channels_last is off: on the CPU it crashes torch's strided 1x1 convolutions "
+            "with more than one thread; use runtime.threads=1 to keep it")
+        channels_last = False
+
     # train.batch_size is the global batch (the lr is scaled from it, as officially); with
     # torchrun each of the N processes takes batch_size / N of it.
     if recipe.train.batch_size % dd.world:
@@ -359,8 +368,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                       per_class=recipe.data.per_class, subset_seed=recipe.data.subset_seed,
                       augment=recipe.data.augment, device=device, batch_size=recipe.train.batch_size // dd.world,
                       eval_batch_size=recipe.train.eval_batch_size, workers=recipe.data.workers,
-                      rank=dd.rank, world_size=dd.world, channels_last=rt.channels_last)
-    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+                      rank=dd.rank, world_size=dd.world, channels_last=channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     autocast = _autocast(recipe, device)
 
     # Teacher first: a bad teacher path should fail before any file is written.
@@ -392,7 +401,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             "data": [recipe.data.dataset, str(recipe.data.root), recipe.data.per_class,
                      recipe.data.subset_seed, recipe.data.augment],
             "seed": recipe.seed, "batch": per_rank, "rank": [dd.rank, dd.world],
-            "numerics": [device.type, rt.amp, rt.channels_last, torch.get_num_threads(), torch.__version__]})
+            "numerics": [device.type, rt.amp, channels_last, torch.get_num_threads(), torch.__version__]})
 
     seed_everything(recipe.seed)
     model = build_model(recipe.model, num_classes=data.num_classes, width=recipe.width)
@@ -449,7 +458,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             "dataset": recipe.data.dataset, "num_classes": data.num_classes,
             "num_train": data.num_train, "num_test": data.num_test,
             "params": count_params(model), "epochs": recipe.train.epochs,
-            "world_size": dd.world, "amp": bool(autocast), "compile": rt.compile,
+            "world_size": dd.world, "amp": bool(autocast), "compile": rt.compile, "channels_last": channels_last,
             "deterministic": rt.deterministic, "teacher": teacher_info,
             **rundir.provenance(device),
         }
