@@ -291,3 +291,18 @@ def test_summary_records_determinism_flag(tmp_path):
     # the flag is process-wide: a later run in the same process without it turns it off
     r = CliRunner().invoke(cli, ["train-teacher", *COMMON, "--epochs", "1", "--out", str(tmp_path / "b")])
     assert r.exit_code == 0 and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_resume_from_a_checkpoint_without_run_time_reports_it_unknown(tmp_path):
+    """A checkpoint written before tfkd recorded run time: the resumed run cannot know its
+    whole run time, so its summary says null rather than the resumed part only."""
+    run = tmp_path / "run"
+    args = ["train-teacher", *COMMON, "--epochs", "2", "--per-class", "8", "--batch-size", "32"]
+    killed(args, run, "eval:2", resume=False)  # epoch 1 checkpointed, killed at epoch 2's evaluation
+    ck = ckpt_io.load(run / rundir.LAST)
+    for k in ("run_time", "run_time_known"):
+        ck["state"].pop(k)
+    ckpt_io.save(run / rundir.LAST, ck)
+    tfkd(args, run, resume=True, check_rc=0)
+    s = rundir.read_summary(run)
+    assert s["status"] == "finished" and s["run_time_s"] is None and s["train_time_s"] > 0

@@ -207,6 +207,7 @@ class State:
     acc: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "count": 0})  # running epoch stats
     train_time: float = 0.0  # seconds of training so far (all sessions, up to the checkpoint)
     run_time: float = 0.0  # wall seconds of epochs: training, evaluation, checkpoints (all sessions)
+    run_time_known: bool = True  # false when resumed from a checkpoint that did not record it
     images: int = 0  # training images processed so far, all ranks
     resumes: int = 0  # times this run was resumed
 
@@ -419,6 +420,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             state = State(epoch=s["epoch"], step=s["step"], best=s["best"], history=s["history"],
                           acc=s["acc"], train_time=s["train_time"], images=s["images"],
                           run_time=s.get("run_time", 0.0),
+                          run_time_known=s.get("run_time_known", "run_time" in s),
                           resumes=s.get("resumes", 0) + 1)
             set_rng_state(resume_ck["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -472,7 +474,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
               "threads": torch.get_num_threads(),
               "state": {"epoch": state.epoch, "step": state.step, "best": state.best,
                         "history": state.history, "acc": state.acc, "train_time": state.train_time,
-                        "run_time": state.run_time, "images": state.images, "resumes": state.resumes}}
+                        "run_time": state.run_time, "run_time_known": state.run_time_known,
+                        "images": state.images, "resumes": state.resumes}}
         for name in path_names:
             ckpt_io.save(out / name, ck, before_replace=lambda: fault_point("checkpoint_write"))
 
@@ -660,7 +663,8 @@ def _results(state: State) -> dict:
                 "nll": row["test_nll"], "ece": row["test_ece"], "train_top1": row["train_top1"]}
 
     return {"epochs_done": state.epoch, "resumes": state.resumes, "best": pick(best), "last": pick(last),
-            "train_time_s": round(state.train_time, 2), "run_time_s": round(state.run_time, 2),
+            "train_time_s": round(state.train_time, 2),
+            "run_time_s": round(state.run_time, 2) if state.run_time_known else None,
             "images_per_s": round(state.images / state.train_time, 1) if state.train_time > 0 else None}
 
 

@@ -157,10 +157,11 @@ def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]
         s = rundir.read_summary(p.dir) if not p.external else None
         if not s:
             continue
-        if s.get("run_time_s") is not None:  # training + evaluation + checkpoints
-            total += float(s["run_time_s"])
-        else:  # written before tfkd recorded run time: its training time only
-            total += float(s.get("train_time_s") or 0.0)
+        run_s, train_s = s.get("run_time_s"), float(s.get("train_time_s") or 0.0)
+        if run_s is not None and run_s >= train_s:  # training + evaluation + checkpoints
+            total += float(run_s)
+        else:  # run (partly) before tfkd recorded run time: its training time only
+            total += train_s
             train_only += 1
         if s.get("status") == "finished":
             done += 1
