@@ -25,3 +25,16 @@ def test_gain_within_two_standard_errors_is_noise():
 def test_single_seed_has_unknown_noise():
     assert _noise(3.0, cell(63.0, 0.0, 1), cell(60.0, 0.5, 2)) == "1 seed"
     assert _noise(None, cell(None, None, 0), cell(60.0, 0.5, 2)) is None
+
+
+def test_git_commit_is_read_once_per_process(monkeypatch):
+    """A long reproduce must record the commit of the code it loaded, not a HEAD that moved."""
+    from tfkd_cli import engine, rundir  # noqa: F401  (importing the engine reads the commit)
+
+    first = rundir.git_commit()
+
+    def no_git(*a, **k):
+        raise AssertionError("git was asked again")
+
+    monkeypatch.setattr(rundir.subprocess, "run", no_git)
+    assert rundir.git_commit() == first

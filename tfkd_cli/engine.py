@@ -46,6 +46,8 @@ from tfkd_cli.models import build_model, canonical_name, count_params
 from tfkd_cli.recipe import Recipe, dump
 from tfkd_cli.teacher_cache import TeacherCache
 
+rundir.git_commit()  # the commit of the code this process loaded (provenance of every run it trains)
+
 # Crash-point hook for tests: TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th time the named
 # point is reached. Points: step (before each training step), checkpoint_write (inside each
 # checkpoint file's atomic write: temp file written, not yet synced or renamed), eval (before

@@ -16,6 +16,7 @@ import csv
 import fcntl
 import io
 import json
+import functools
 import os
 import platform
 import socket
@@ -198,8 +199,11 @@ def is_locked(run: Path) -> bool:
 # -- provenance ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit() -> Optional[str]:
-    """The commit of the tfkd checkout (with '+dirty' when it has local changes)."""
+    """The commit of the tfkd checkout (with '+dirty' when it has local changes), read once per
+    process: the code a process runs is the code it loaded, so a long `reproduce` must not
+    record a HEAD that moved while it ran (tfkd_cli.engine reads it at import)."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,

@@ -221,6 +221,10 @@ def to_frame(res: dict):
     return pd.DataFrame(lines)
 
 
+def _short_commit(c: str) -> str:
+    return c[:12] + ("+dirty" if c.endswith("+dirty") else "")
+
+
 def header_lines(res: dict) -> list[str]:
     h = res["header"]
     comp = ("comparable with the paper's numbers" if h["comparable_with_paper"] else
@@ -236,7 +240,7 @@ def header_lines(res: dict) -> list[str]:
         f"- compute: {h['compute_time_s'] / 3600:.2f} h of runs (training and evaluation) on {h.get('hardware') or 'n/a'} "
         f"({h.get('device') or 'n/a'})" + (f"; {h['compute_train_only_runs']} run(s) recorded training time only"
                                           if h.get("compute_train_only_runs") else ""),
-        f"- tfkd {h.get('tfkd')} at commit {', '.join(c[:12] for c in h.get('git_commits') or []) or h.get('git_commit')}; torch {h.get('torch')}, torchvision "
+        f"- tfkd {h.get('tfkd')} at commit {', '.join(_short_commit(c) for c in h.get('git_commits') or []) or h.get('git_commit')}; torch {h.get('torch')}, torchvision "
         f"{h.get('torchvision')}, Python {h.get('python')}; generated {h['generated']}",
         f"- paper numbers: {res['source']}",
         "- cells: paper value, then ours as mean±std over seeds (n); top-1 test accuracy (%), "
