@@ -182,6 +182,28 @@ def test_compare_fail_on_claims(tmp_path):
     assert r.exit_code == 1 and "1 claim(s) do not hold" in r.stderr
 
 
+def test_compare_shows_every_claim_of_a_cell_and_its_noise(tmp_path):
+    """Tf-KD_reg cells carry two claims (improves the baseline, matches KD): compare shows both,
+    with the noise qualifier, and --fail-on-claims counts each failed one."""
+    cl = lambda text, verdict, noise: {"text": text, "kind": "improves", "column": "reg",  # noqa: E731
+                                       "baseline": "base", "gain": 0.1, "paper_gain": 1.0,
+                                       "verdict": verdict, "paper_verdict": "yes", "noise": noise}
+    fixture = {"table": "t", "title": "fixture", "rows": [{
+        "label": "R", "note": None,
+        "cells": {"base": {"name": "M", "paper": 70.0, "mean": 60.0, "std": 0.5, "n": 2},
+                  "reg": {"paper": 71.0, "mean": 60.1, "std": 0.5, "n": 2, "delta_paper": -10.9}},
+        "claims": [cl("reg improved", "yes", "within noise"), cl("reg matches KD", "no", "clear")]}],
+        "header": {"scale": "mini", "dataset": "digits", "seeds": [0, 1], "comparable_with_paper": False}}
+    d = tmp_path / "res"
+    d.mkdir()
+    (d / "table.json").write_text(json.dumps(fixture))
+    r = CliRunner().invoke(cli, ["compare", str(d), "--format", "csv"])
+    assert r.exit_code == 0
+    assert "reg improved; reg matches KD" in r.stdout and "yes (within noise); no" in r.stdout
+    r = CliRunner().invoke(cli, ["compare", str(d), "--fail-on-claims"])
+    assert r.exit_code == 1 and "1 claim(s) do not hold" in r.stderr
+
+
 def test_reproduce_list_and_unknown_table():
     r = CliRunner().invoke(cli, ["reproduce", "--list"])
     assert r.exit_code == 0

@@ -77,6 +77,14 @@ def _emit(headers: list[str], rows: list[list], flags: list[bool], fmt: str, tit
         console.print(n)
 
 
+def _verdict_text(cl: Optional[dict]) -> str:
+    """yes/no, with the noise qualifier when the difference is not clear of seed noise."""
+    if not cl:
+        return ""
+    noise = cl.get("noise")
+    return cl["verdict"] + (f" ({noise})" if noise not in (None, "clear") else "")
+
+
 def _f(x: Optional[float], sign: bool = False) -> str:
     if x is None:
         return "n/a"
@@ -88,18 +96,20 @@ def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None]) -> i
     headers = ["row", "cell", "paper", "ours", "n", "delta", "claim", "verdict", "paper verdict"]
     rows, flags, failed = [], [], 0
     for r in res["rows"]:
-        claims = {c["column"]: c for c in r["claims"]}
+        claims: dict[str, list] = {}
+        for c in r["claims"]:  # a cell may carry several claims (Tf-KD_reg: improves, matches KD)
+            claims.setdefault(c["column"], []).append(c)
         for key, c in r["cells"].items():
-            cl = claims.get(key)
+            cls = claims.get(key, [])
             ours = None if c.get("mean") is None else f"{c['mean']:.2f}±{(c.get('std') or 0):.2f}"
             delta = c.get("delta_paper")
-            bad_claim = bool(cl and cl["verdict"] == "no")
-            failed += bad_claim
+            bad = sum(cl["verdict"] == "no" for cl in cls)
+            failed += bad
             far = delta is not None and abs(delta) > tol and h.get("comparable_with_paper")
             rows.append([r["label"], c.get("name") or key, _f(c.get("paper")), ours or "n/a", c.get("n", 0),
-                         _f(delta, True), cl["text"] if cl else "", cl["verdict"] if cl else "",
-                         cl["paper_verdict"] if cl else ""])
-            flags.append(bad_claim or far)
+                         _f(delta, True), "; ".join(cl["text"] for cl in cls),
+                         "; ".join(_verdict_text(cl) for cl in cls), "; ".join(cl["paper_verdict"] for cl in cls)])
+            flags.append(bool(bad) or far)
     note = (f"scale {h['scale']} on {h['dataset']}, seeds {h['seeds']}; "
             + ("comparable with the paper" if h["comparable_with_paper"] else
                "NOT comparable with the paper (reduced protocol): compare claims, not numbers"))
