@@ -29,9 +29,9 @@ def test_single_seed_has_unknown_noise():
 
 def test_git_commit_is_read_once_per_process(monkeypatch):
     """A long reproduce must record the commit of the code it loaded, not a HEAD that moved."""
-    from tfkd_cli import engine, rundir  # noqa: F401  (importing the engine reads the commit)
+    from tfkd_cli import rundir
 
-    first = rundir.git_commit()
+    first = rundir.git_commit()  # a process's first run reads it
 
     def no_git(*a, **k):
         raise AssertionError("git was asked again")

@@ -46,8 +46,6 @@ from tfkd_cli.models import build_model, canonical_name, count_params
 from tfkd_cli.recipe import Recipe, dump
 from tfkd_cli.teacher_cache import TeacherCache
 
-rundir.git_commit()  # the commit of the code this process loaded (provenance of every run it trains)
-
 # Crash-point hook for tests: TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th time the named
 # point is reached. Points: step (before each training step), checkpoint_write (inside each
 # checkpoint file's atomic write: temp file written, not yet synced or renamed), eval (before
@@ -630,7 +628,7 @@ def _rank_acc(acc: dict, dd: Dist) -> dict:
 
 def _nan_fault(rank: int, step: int) -> bool:
     """Test hook (TFKD_FAULT_NAN): should this rank's loss at this step count as non-finite?"""
-    return bool(_FAULT_NAN) and _FAULT_NAN == f"{rank}:{step}"
+    return _FAULT_NAN == f"{rank}:{step}"
 
 
 def _raise_if_bad(bad_step: torch.Tensor, epoch: int, out: Path, dd: Dist) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import io
 import json
-import functools
 import os
 import platform
 import socket
@@ -202,8 +202,8 @@ def is_locked(run: Path) -> bool:
 @functools.lru_cache(maxsize=None)
 def git_commit() -> Optional[str]:
     """The commit of the tfkd checkout (with '+dirty' when it has local changes), read once per
-    process: the code a process runs is the code it loaded, so a long `reproduce` must not
-    record a HEAD that moved while it ran (tfkd_cli.engine reads it at import)."""
+    process, at its first run: the code a process runs is the code it loaded, so a long
+    `reproduce` must not record a HEAD that moved while it ran."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,

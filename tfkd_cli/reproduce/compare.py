@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
+from tfkd_cli.reproduce.report import noise_note
 
 
 def _kind(p: Path) -> str:
@@ -77,12 +78,10 @@ def _emit(headers: list[str], rows: list[list], flags: list[bool], fmt: str, tit
         console.print(n)
 
 
-def _verdict_text(cl: Optional[dict]) -> str:
+def _verdict_text(cl: dict) -> str:
     """yes/no, with the noise qualifier when the difference is not clear of seed noise."""
-    if not cl:
-        return ""
-    noise = cl.get("noise")
-    return cl["verdict"] + (f" ({noise})" if noise not in (None, "clear") else "")
+    note = noise_note(cl)
+    return cl["verdict"] + (f" ({note})" if note else "")
 
 
 def _f(x: Optional[float], sign: bool = False) -> str:

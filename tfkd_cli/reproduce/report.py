@@ -141,6 +141,11 @@ def _noise(gain: Optional[float], a: dict, b: dict) -> Optional[str]:
     return "clear" if abs(gain) > 2 * se else "within noise"
 
 
+def noise_note(claim: dict) -> Optional[str]:
+    """The qualifier to print beside a claim's verdict ("within noise", "1 seed"); None when clear."""
+    return None if claim.get("noise") in (None, "clear") else claim["noise"]
+
+
 def _verdict(cl, x: Optional[float], y: Optional[float]) -> str:
     if x is None or y is None:
         return NA
@@ -276,7 +281,7 @@ def to_markdown(res: dict) -> str:
             if not cl:
                 line.append("")
                 continue
-            noise = "" if cl.get("noise") in (None, "clear") else f", {cl['noise']}"
+            noise = f", {noise_note(cl)}" if noise_note(cl) else ""
             g = "" if cl["gain"] is None else f" ({cl['gain']:+.2f}{noise}; paper {_fmt(cl['paper_gain'])})"
             line.append(f"{cl['verdict']}{g}")
         body.append(line)

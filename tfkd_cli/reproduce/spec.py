@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from tfkd_cli.errors import TfkdError
+from tfkd_cli.models import canonical_name
 from tfkd_cli.recipe import _coerce, load_layers, read_yaml, recipes_dir
 
 
@@ -197,8 +198,6 @@ def load_scale(name: str) -> Scale:
         raise TfkdError(f"{path}: {e}") from None
     if s.epoch_factor <= 0:
         raise TfkdError(f"{path}: epoch_factor must be > 0")
-    from tfkd_cli.models import canonical_name
-
     per_model = {}
     for name, over in (s.per_model or {}).items():
         try:
