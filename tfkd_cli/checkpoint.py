@@ -5,9 +5,14 @@ unpickling (and could run code) is refused, never executed. Every write goes to 
 file in the same directory, is fsynced, then renamed over the target, so a crash leaves
 either the old file or the new one, never half of one.
 
-tfkd format (a dict): format="tfkd", version, arch {model, num_classes, width}, model
-(state_dict), optimizer, epoch (completed epochs), step (completed steps of the next
-epoch, for mid-epoch checkpoints), best, rng, recipe_hash, epoch_stats.
+tfkd format (a dict, written by `tfkd_cli.loop`): format="tfkd", version, arch {model,
+num_classes, width}, model (state_dict), optimizer (state_dict), epoch (completed epochs),
+recipe_hash, rng {python, numpy, torch[, cuda]}, teacher_sha256 (or None), threads (torch CPU
+threads of the writer), and state (`tfkd_cli.state.State.to_dict()`): epoch, step (completed
+steps of the next epoch, for mid-epoch checkpoints), best {top1, epoch}, history (the
+metrics.csv rows), acc (running epoch sums; under DDP also every rank's, "ranks"),
+train_time, run_time, run_time_known, images, resumes. A resume needs model, optimizer,
+state, rng and recipe_hash; evaluating or distilling from the file needs model and arch.
 
 Official format (yuanli2333/Teacher-free-Knowledge-Distillation `utils.save_checkpoint`):
 a dict with `state_dict`, optionally `optim_dict` and `epoch`; keys may carry the

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import click
 
-from tfkd_cli.errors import RunFailed, TfkdError
+from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
 
 
 class TfkdGroup(click.Group):
@@ -35,8 +35,6 @@ class TfkdGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from tfkd_cli.engine import Interrupted
-
         try:
             return super().invoke(ctx)
         except RunFailed as e:

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from tfkd_cli import rundir
-from tfkd_cli.data import build_data
-from tfkd_cli.engine import select_device
+from tfkd_cli.build import load_data
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.loading import load_model
 from tfkd_cli.metrics import evaluate
+from tfkd_cli.recipe import Recipe, resolve
+from tfkd_cli.runtime import select_device
 
 
-def _run_recipe(run: Path) -> dict:
-    p = run / rundir.RECIPE
-    try:
-        return yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TfkdError(f"cannot read {p}: {first}") from None
+def eval_recipe(run: Path, dataset: Optional[str] = None, data_root: Optional[str] = None) -> Recipe:
+    """The recipe whose test split evaluates `run`: the run's own (recipe.yaml, validated), else
+    the defaults; `dataset` replaces its dataset (and root, unless `data_root` is given)."""
+    recipe = resolve(run / rundir.RECIPE) if (run / rundir.RECIPE).is_file() else Recipe()
+    data = recipe.data
+    if dataset:
+        data = replace(data, dataset=dataset, root=data_root)
+    elif data_root:
+        data = replace(data, root=data_root)
+    # The whole test split, as training measured it; no download, no training subset or augmentation.
+    return replace(recipe, data=replace(data, download=False, per_class=None, augment=False))
 
 
 def evaluate_target(target: Path, *, model: Optional[str] = None, width: Optional[float] = None,
@@ -32,12 +36,9 @@ def evaluate_target(target: Path, *, model: Optional[str] = None, width: Optiona
     if not target.exists():
         raise TfkdError(f"not found: {target} (expected a run directory or a checkpoint file)")
     run = target if target.is_dir() else target.parent
-    recipe = _run_recipe(run) if (run / rundir.RECIPE).is_file() else {}
-    data_cfg = recipe.get("data", {})
-    name = dataset or data_cfg.get("dataset") or "cifar100"
-    root = data_root or (data_cfg.get("root") if not dataset else None)
+    recipe = eval_recipe(run, dataset, data_root)
     dev = select_device(device)
-    data = build_data(name, root, device=dev, per_class=None, augment=False, eval_batch_size=512)
+    data = load_data(recipe, dev)
     if target.is_dir() and (target / rundir.RECIPE).is_file():
         files = [(label, target / f) for label, f in (("best", rundir.BEST), ("last", rundir.LAST))
                  if (target / f).is_file()]

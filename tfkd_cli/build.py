@@ -1,0 +1,127 @@
+"""What a run trains with, built from its recipe: data, teacher, student, optimizer and loss.
+
+`build_run` is the one way to build them: the engine, the throughput benchmark and (for the
+data) `tfkd evaluate` all call it, so what the benchmark times is what the engine runs. The
+order is part of the numbers: the teacher is built (and evaluated) before the global RNGs are
+seeded, and the student is initialised right after seeding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from tfkd_cli.data import build_data
+from tfkd_cli.data.loaders import Data
+from tfkd_cli.errors import TfkdError
+from tfkd_cli.loading import Loaded, load_model
+from tfkd_cli.losses import NEEDS_TEACHER, build_loss
+from tfkd_cli.metrics import evaluate
+from tfkd_cli.models import build_model, canonical_name
+from tfkd_cli.recipe import Recipe
+from tfkd_cli.runtime import Dist, autocast_for, channels_last_for, configure_torch, seed_everything
+from tfkd_cli.teacher_cache import TeacherCache
+
+
+@dataclass
+class Run:
+    """A run's parts, on its device; `model` is the plain student (see runtime.wrap for DDP/compile)."""
+
+    data: Data
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    teacher: Optional[nn.Module]  # frozen, eval mode; None for methods without a teacher
+    teacher_info: Optional[dict]  # provenance (source, file, sha256, ...), "test" metrics if evaluated
+    cache: Optional[TeacherCache]  # the teacher's logits shared between students, if enabled
+    arch: dict  # {model, num_classes, width}: what a checkpoint needs to rebuild the student
+    autocast: Optional[Callable]
+    channels_last: bool
+
+
+def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: Callable[[str], None] = print,
+              cache_root: Optional[Path] = None, teacher_sha: Optional[str] = None,
+              eval_teacher: bool = False) -> Run:
+    """Set torch's flags for `recipe` and build its parts.
+
+    `cache_root`: where the teacher-logit cache lives (None: no cache). `teacher_sha`: the sha256
+    of the teacher a resumed run started with; another file is refused. `eval_teacher`: measure
+    the teacher on the test split (into teacher_info["test"]) and log it.
+    """
+    configure_torch(recipe.runtime, device)
+    channels_last = channels_last_for(recipe.runtime, device, log)
+    # train.batch_size is the global batch (the lr is scaled from it, as officially); with
+    # torchrun each of the N processes takes batch_size / N of it.
+    if recipe.train.batch_size % dd.world:
+        raise TfkdError(f"train.batch_size {recipe.train.batch_size} is not divisible by the "
+                        f"{dd.world} processes; choose a multiple of {dd.world}")
+    data = load_data(recipe, device, dd, channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = autocast_for(recipe.runtime, device)
+
+    # Teacher first: a bad teacher path should fail before any file is written.
+    teacher = loaded = info = None
+    if recipe.method in NEEDS_TEACHER:
+        loaded = _load_teacher(recipe, data, log)
+        teacher = loaded.model.to(device, memory_format=fmt).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        info = loaded.provenance()
+        if teacher_sha and teacher_sha != info["sha256"]:
+            raise TfkdError(f"the teacher {loaded.file} changed since this run started (sha256 "
+                            f"{info['sha256'][:12]} vs {teacher_sha[:12]}); resume with the same teacher, or --overwrite")
+        if eval_teacher:
+            info["test"] = evaluate(teacher, data.test_batches(), autocast)
+            log(f"teacher {loaded.name} ({loaded.source}, {loaded.file.name}): "
+                f"test top-1 {info['test']['top1']:.2f}%")
+    cache = None
+    if loaded is not None and recipe.runtime.teacher_cache and cache_root is not None:
+        cache = _teacher_cache(recipe, loaded, info, cache_root, dd, device, channels_last)
+
+    seed_everything(recipe.seed)
+    model = build_model(recipe.model, num_classes=data.num_classes, width=recipe.width)
+    model = model.to(device, memory_format=fmt)
+    arch = {"model": canonical_name(recipe.model), "num_classes": data.num_classes, "width": recipe.width}
+    o = recipe.optim
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=o.momentum,
+                                weight_decay=o.weight_decay, nesterov=o.nesterov, foreach=True)
+    loss_fn = build_loss(recipe.method, **loss_params(recipe))
+    return Run(data, model, optimizer, loss_fn, teacher, info, cache, arch, autocast, channels_last)
+
+
+def load_data(recipe: Recipe, device: torch.device, dd: Dist = Dist(), channels_last: bool = False) -> Data:
+    """The recipe's dataset, this rank's share of each training batch (the one build_data call)."""
+    d = recipe.data
+    return build_data(d.dataset, d.root, download=d.download, per_class=d.per_class, subset_seed=d.subset_seed,
+                      augment=d.augment, device=device, batch_size=recipe.train.batch_size // dd.world,
+                      eval_batch_size=recipe.train.eval_batch_size, workers=d.workers,
+                      rank=dd.rank, world_size=dd.world, channels_last=channels_last)
+
+
+def loss_params(recipe: Recipe) -> dict:
+    l = recipe.loss
+    return {"alpha": l.alpha, "temperature": l.temperature, "multiplier": l.multiplier,
+            "correct_prob": l.correct_prob, "epsilon": l.epsilon, "semantics": l.semantics}
+
+
+def _load_teacher(recipe: Recipe, data: Data, log: Callable[[str], None]) -> Loaded:
+    t = recipe.teacher
+    loaded = load_model(Path(t.path), model=t.model, width=t.width, num_classes=data.num_classes, epoch=t.epoch)
+    if recipe.method == "kd_self" and loaded.name != canonical_name(recipe.model):
+        log(f"note: kd_self teacher is a {loaded.name}, student a {canonical_name(recipe.model)}")
+    return loaded
+
+
+def _teacher_cache(recipe: Recipe, loaded: Loaded, info: dict, root: Path, dd: Dist, device: torch.device,
+                   channels_last: bool) -> TeacherCache:
+    """The cache of this teacher's logits on exactly this run's batches (and numerics)."""
+    d = recipe.data
+    return TeacherCache(root, {
+        "teacher_sha256": info["sha256"], "teacher": [loaded.name, loaded.width],
+        "data": [d.dataset, str(d.root), d.per_class, d.subset_seed, d.augment],
+        "seed": recipe.seed, "batch": recipe.train.batch_size // dd.world, "rank": [dd.rank, dd.world],
+        "numerics": [device.type, recipe.runtime.amp, channels_last, torch.get_num_threads(), torch.__version__]})
