@@ -10,7 +10,6 @@ shared machine. The protocol is one line per message on the worker's stdout, pre
 from __future__ import annotations
 
 import json
-import os
 import platform
 import queue
 import resource

@@ -298,8 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     models, methods, loops = _lists(ap, args)
 
-    import torch
-
     from tfkd_cli.errors import TfkdError
     from tfkd_cli.models import canonical_name
     from tfkd_cli.runtime import select_device
@@ -310,18 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     except TfkdError as e:
         print(f"train_throughput: {e}", file=sys.stderr)
         return 2
-    cuda = device.type == "cuda"
-    n = _counts(args, cuda)
-    hw = torch.cuda.get_device_name(device) if cuda else f"{cpu_model()}, {os.cpu_count()} cores"
-    meta = {"device": str(device), "hardware": hw, "torch": torch.__version__, "python": platform.python_version(),
-            "width": args.width, "batch_size": args.batch_size, **n, "group": args.group, "amp": args.amp,
-            "compile": args.compile, "channels_last": args.channels_last, "ref_workers": args.ref_workers,
-            "data_root": str(root), "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
-    flags = " ".join(f"--{f.replace('_', '-')}" for f in ("amp", "compile", "channels_last") if getattr(args, f))
-    rewarm = f" (+{n['rewarm']} untimed)" if n["rewarm"] else ""
-    print(f"# train throughput on {hw} | torch {torch.__version__} | {device} | width {args.width:g} | "
-          f"batch {args.batch_size} | {n['warmup']} warm-up + {n['steps']} timed steps, lockstep turns of "
-          f"{n['block']}{rewarm} | tfkd loop: {flags or 'fp32 eager'}", flush=True)
+    n = _counts(args, device.type == "cuda")
+    meta = _header(args, device, n, root)
 
     def save_json(partial: bool, extra: dict) -> None:
         if args.json_out:
@@ -332,11 +320,40 @@ def main(argv: list[str] | None = None) -> int:
     prev_ref = {}
     if args.reference_from:
         meta["reference_from"] = args.reference_from
-        prev_ref = _previous_reference(args.reference_from, hw, args)
+        prev_ref = _previous_reference(args.reference_from, meta["hardware"], args)
     merged = _measure(args, models, methods, loops, root, n, prev_ref, save_json)
+    blob = _report_all(args, merged, models, methods, device)
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f}s")
+    if args.json_out:
+        save_json(False, blob)
+        print(f"wrote {args.json_out}")
+    return 1 if any("error" in v for v in merged.values()) else 0
+
+
+def _header(args: argparse.Namespace, device, n: dict, root: Path) -> dict:
+    """Print what is measured where; returns it as the JSON file's meta."""
+    import torch
+
+    cuda = device.type == "cuda"
+    hw = torch.cuda.get_device_name(device) if cuda else f"{cpu_model()}, {os.cpu_count()} cores"
+    flags = " ".join(f"--{f.replace('_', '-')}" for f in ("amp", "compile", "channels_last") if getattr(args, f))
+    rewarm = f" (+{n['rewarm']} untimed)" if n["rewarm"] else ""
+    print(f"# train throughput on {hw} | torch {torch.__version__} | {device} | width {args.width:g} | "
+          f"batch {args.batch_size} | {n['warmup']} warm-up + {n['steps']} timed steps, lockstep turns of "
+          f"{n['block']}{rewarm} | tfkd loop: {flags or 'fp32 eager'}", flush=True)
+    return {"device": str(device), "hardware": hw, "torch": torch.__version__, "python": platform.python_version(),
+            "width": args.width, "batch_size": args.batch_size, **n, "group": args.group, "amp": args.amp,
+            "compile": args.compile, "channels_last": args.channels_last, "ref_workers": args.ref_workers,
+            "data_root": str(root), "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+
+
+def _report_all(args: argparse.Namespace, merged: dict, models: list, methods: list, device) -> dict:
+    """The table, the loss micro-benchmark and the goals; returns them for the JSON file."""
+    import torch
+
     rows = _report.build_rows(merged, models, methods)
     reg_cost = _report.reg_costs(merged, models)
-    _report.print_table(rows, cuda, args.reference_from)
+    _report.print_table(rows, device.type == "cuda", args.reference_from)
     lb: dict = {}
     if args.loss_reps > 0:
         if args.threads:
@@ -344,12 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         lb = loss_bench(args.device, args.loss_reps)
         _report.print_loss_bench(lb, device)
     goals = _report.goals(rows, reg_cost, merged, lb)
-    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f}s")
-    if args.json_out:
-        save_json(False, {"rows": rows, "reg_cost_pct": reg_cost, "loss_bench_us": lb, "goals": goals})
-        print(f"wrote {args.json_out}")
-    return 1 if any("error" in v for v in merged.values()) else 0
-
+    return {"rows": rows, "reg_cost_pct": reg_cost, "loss_bench_us": lb, "goals": goals}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,49 +40,6 @@ from tfkd_cli.state import State
 __all__ = ["train", "Interrupted", "seed_everything", "rng_state", "set_rng_state"]
 
 
-_RESUME_KEYS = ("model", "optimizer", "state", "rng", "recipe_hash")
-
-
-def _check_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> Optional[dict]:
-    """Decide what to do with `out` (which we hold the lock of); the checkpoint to resume from, if any."""
-    if overwrite:
-        return None
-    try:
-        summary = rundir.read_summary(out)
-    except TfkdError:  # a damaged summary.json is rewritten by a resumed run; it still marks a run
-        summary = {"status": "unknown"}
-    last = out / rundir.LAST
-    if summary and summary.get("status") == "finished" and not resume:
-        raise TfkdError(f"{out} already holds a finished run; use --resume to keep it, "
-                        "--overwrite to replace it, or another --out")
-    if not resume and (last.exists() or summary):
-        raise TfkdError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
-    if not resume or not last.exists():
-        return None
-    ck = ckpt_io.load(last)
-    if not ckpt_io.is_tfkd(ck) or any(k not in ck for k in _RESUME_KEYS):
-        raise TfkdError(f"{last} is not a resumable tfkd checkpoint; cannot resume from it (--overwrite starts over)")
-    if not isinstance(ck.get("version"), int) or ck["version"] > ckpt_io.VERSION:
-        raise TfkdError(f"{last}: checkpoint format version {ck.get('version')} is not one this tfkd reads "
-                        f"(<= {ckpt_io.VERSION}); upgrade tfkd")
-    if ck.get("recipe_hash") != recipe.hash():
-        raise TfkdError(f"{last} was written by another recipe (hash {ck.get('recipe_hash')} vs "
-                        f"{recipe.hash()}); resume with the same recipe, or --overwrite")
-    return ck
-
-
-# What a run writes into its directory; --overwrite removes exactly these (and epoch_*.pt).
-_RUN_FILES = (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LAST, rundir.BEST, "timings.csv")
-
-
-def _remove_temp_files(out: Path) -> None:
-    """Temp files of atomic writes that a killed process never renamed (ours only)."""
-    ours = tuple(f".{n}." for n in _RUN_FILES) + (".epoch_",)
-    for p in out.iterdir():
-        if ckpt_io.is_temp_file(p.name) and p.name.startswith(ours):
-            p.unlink(missing_ok=True)
-
-
 def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) one training described by `recipe`; returns its summary."""
@@ -126,13 +83,6 @@ def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = 
         lock.release()
         if created:
             _rmdir_if_empty(out)  # a run that failed before writing anything leaves no trace
-
-
-def _rmdir_if_empty(out: Path) -> None:
-    try:
-        out.rmdir()
-    except OSError:
-        pass
 
 
 def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool, dd: Dist,
@@ -198,3 +148,55 @@ def _prepare_dir(recipe: Recipe, run: Run, state: State, out: Path, overwrite: b
     }
     rundir.write_summary(out, {**base_summary, **state.summary()})
     return base_summary
+
+
+# -- the run directory ---------------------------------------------------------
+
+_RESUME_KEYS = ("model", "optimizer", "state", "rng", "recipe_hash")
+
+
+def _check_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> Optional[dict]:
+    """Decide what to do with `out` (which we hold the lock of); the checkpoint to resume from, if any."""
+    if overwrite:
+        return None
+    try:
+        summary = rundir.read_summary(out)
+    except TfkdError:  # a damaged summary.json is rewritten by a resumed run; it still marks a run
+        summary = {"status": "unknown"}
+    last = out / rundir.LAST
+    if summary and summary.get("status") == "finished" and not resume:
+        raise TfkdError(f"{out} already holds a finished run; use --resume to keep it, "
+                        "--overwrite to replace it, or another --out")
+    if not resume and (last.exists() or summary):
+        raise TfkdError(f"{out} already holds a run; use --resume to continue it or --overwrite to replace it")
+    if not resume or not last.exists():
+        return None
+    ck = ckpt_io.load(last)
+    if not ckpt_io.is_tfkd(ck) or any(k not in ck for k in _RESUME_KEYS):
+        raise TfkdError(f"{last} is not a resumable tfkd checkpoint; cannot resume from it (--overwrite starts over)")
+    if not isinstance(ck.get("version"), int) or ck["version"] > ckpt_io.VERSION:
+        raise TfkdError(f"{last}: checkpoint format version {ck.get('version')} is not one this tfkd reads "
+                        f"(<= {ckpt_io.VERSION}); upgrade tfkd")
+    if ck.get("recipe_hash") != recipe.hash():
+        raise TfkdError(f"{last} was written by another recipe (hash {ck.get('recipe_hash')} vs "
+                        f"{recipe.hash()}); resume with the same recipe, or --overwrite")
+    return ck
+
+
+# What a run writes into its directory; --overwrite removes exactly these (and epoch_*.pt).
+_RUN_FILES = (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LAST, rundir.BEST, "timings.csv")
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Temp files of atomic writes that a killed process never renamed (ours only)."""
+    ours = tuple(f".{n}." for n in _RUN_FILES) + (".epoch_",)
+    for p in out.iterdir():
+        if ckpt_io.is_temp_file(p.name) and p.name.startswith(ours):
+            p.unlink(missing_ok=True)
+
+
+def _rmdir_if_empty(out: Path) -> None:
+    try:
+        out.rmdir()
+    except OSError:
+        pass
