@@ -37,7 +37,7 @@ from torch import nn
 
 from tfkd_cli import checkpoint as ckpt_io
 from tfkd_cli import rundir
-from tfkd_cli.data import build_data
+from tfkd_cli.data import DataSpec, build_data
 from tfkd_cli.errors import RunFailed, TfkdError
 from tfkd_cli.loading import load_model
 from tfkd_cli.losses import NEEDS_TEACHER, build_loss
@@ -237,7 +237,7 @@ def _check_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> 
     if not isinstance(ck.get("version"), int) or ck["version"] > ckpt_io.VERSION:
         raise TfkdError(f"{last}: checkpoint format version {ck.get('version')} is not one this tfkd reads "
                         f"(<= {ckpt_io.VERSION}); upgrade tfkd")
-    if ck.get("recipe_hash") != recipe.hash():
+    if not recipe.matches_hash(ck.get("recipe_hash")):  # also a run written before identity version 2
         raise TfkdError(f"{last} was written by another recipe (hash {ck.get('recipe_hash')} vs "
                         f"{recipe.hash()}); resume with the same recipe, or --overwrite")
     return ck
@@ -365,11 +365,9 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     if recipe.train.batch_size % dd.world:
         raise TfkdError(f"train.batch_size {recipe.train.batch_size} is not divisible by the "
                         f"{dd.world} processes; choose a multiple of {dd.world}")
-    data = build_data(recipe.data.dataset, recipe.data.root, download=recipe.data.download,
-                      per_class=recipe.data.per_class, subset_seed=recipe.data.subset_seed,
-                      augment=recipe.data.augment, device=device, batch_size=recipe.train.batch_size // dd.world,
-                      eval_batch_size=recipe.train.eval_batch_size, workers=recipe.data.workers,
-                      rank=dd.rank, world_size=dd.world, channels_last=channels_last)
+    data = build_data(DataSpec.of(recipe.data, device=device, batch_size=recipe.train.batch_size // dd.world,
+                                  eval_batch_size=recipe.train.eval_batch_size, rank=dd.rank, world_size=dd.world,
+                                  channels_last=channels_last))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     autocast = _autocast(recipe, device)
 
@@ -678,9 +676,7 @@ def _append_timings(out: Path, row: dict) -> None:
 
 
 def _loss_params(recipe: Recipe) -> dict:
-    l = recipe.loss
-    return {"alpha": l.alpha, "temperature": l.temperature, "multiplier": l.multiplier,
-            "correct_prob": l.correct_prob, "epsilon": l.epsilon, "semantics": l.semantics}
+    return recipe.loss_params()  # the parameters the method reads (tfkd_cli.losses.METHODS)
 
 
 @contextlib.contextmanager
