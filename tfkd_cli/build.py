@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tfkd_cli.data import build_data
+from tfkd_cli.data import DataSpec, build_data
 from tfkd_cli.data.loaders import Data
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.loading import Loaded, load_model
@@ -95,17 +95,13 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
 
 def load_data(recipe: Recipe, device: torch.device, dd: Dist = Dist(), channels_last: bool = False) -> Data:
     """The recipe's dataset, this rank's share of each training batch (the one build_data call)."""
-    d = recipe.data
-    return build_data(d.dataset, d.root, download=d.download, per_class=d.per_class, subset_seed=d.subset_seed,
-                      augment=d.augment, device=device, batch_size=recipe.train.batch_size // dd.world,
-                      eval_batch_size=recipe.train.eval_batch_size, workers=d.workers,
-                      rank=dd.rank, world_size=dd.world, channels_last=channels_last)
+    return build_data(DataSpec.of(recipe.data, device=device, batch_size=recipe.train.batch_size // dd.world,
+                                  eval_batch_size=recipe.train.eval_batch_size, rank=dd.rank, world_size=dd.world,
+                                  channels_last=channels_last))
 
 
 def loss_params(recipe: Recipe) -> dict:
-    l = recipe.loss
-    return {"alpha": l.alpha, "temperature": l.temperature, "multiplier": l.multiplier,
-            "correct_prob": l.correct_prob, "epsilon": l.epsilon, "semantics": l.semantics}
+    return recipe.loss_params()  # the parameters the method reads (tfkd_cli.losses.METHODS)
 
 
 def _load_teacher(recipe: Recipe, data: Data, log: Callable[[str], None]) -> Loaded:

@@ -64,6 +64,37 @@ def cli() -> None:
 
 # -- shared options -----------------------------------------------------------------
 
+class RegistryHelp(click.Option):
+    """An option whose help is built from a registry when shown (no torch import at start-up)."""
+
+    def __init__(self, *args: Any, help_fn: Any = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.help_fn = help_fn
+
+    def get_help_record(self, ctx: click.Context) -> Any:
+        self.help = self.help_fn()
+        return super().get_help_record(ctx)
+
+
+def _methods_help(default: Optional[str]) -> str:
+    from tfkd_cli.losses import METHODS
+
+    return "Loss: " + ", ".join(METHODS) + (f" (default {default})." if default else ".")
+
+
+def _datasets_help() -> str:
+    from tfkd_cli.data.readers import DATASETS
+
+    names = list(DATASETS)
+    return ", ".join(names[:-1]) + f" or {names[-1]}."
+
+
+def _teacher_methods(needs: bool) -> list[str]:
+    from tfkd_cli.losses import METHODS
+
+    return [n for n, m in METHODS.items() if m.needs_teacher == needs]
+
+
 def training_options(student_alias: bool = False, method_default: Optional[str] = None):
     """The recipe shortcut flags every training command takes (names are stable API)."""
     model_flags = ["--model", "--student", "model"] if student_alias else ["--model", "model"]
@@ -71,11 +102,11 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
         click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="YAML recipe file (may use base:)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set optim.lr=0.05 (repeatable)."),
         click.option(*model_flags, default=None, help="Model name (see `tfkd models`), or tv:<torchvision name>."),
-        click.option("--method", default=None, help="Loss: ce, kd, kd_self, tfkd_reg, lsr" + (f" (default {method_default})." if method_default else ".")),
+        click.option("--method", default=None, cls=RegistryHelp, help_fn=lambda: _methods_help(method_default)),
         click.option("--teacher", default=None, help="Teacher: a tfkd run directory, a release folder (base_<name>/) or a checkpoint file."),
         click.option("--teacher-epoch", type=int, default=None, help="Use the teacher's kept checkpoint after this many epochs (De-KD)."),
         click.option("--teacher-model", default=None, help="Teacher architecture, needed for official .pth.tar checkpoints."),
-        click.option("--dataset", default=None, help="cifar100, cifar10, cifar-layout, tiny-imagenet, imagenet or digits."),
+        click.option("--dataset", default=None, cls=RegistryHelp, help_fn=_datasets_help),
         click.option("--data-root", default=None, help="Data folder (default: $TFKD_DATA_ROOT or ./data)."),
         click.option("--download", is_flag=True, default=None, help="Download the dataset if missing (needs a network)."),
         click.option("--per-class", type=int, default=None, help="Train on a class-balanced subset of N images per class."),
@@ -167,8 +198,9 @@ def train_teacher(**kw: Any) -> None:
       tfkd train-teacher --model resnet18 --method tfkd_reg --set loss.alpha=0.1 --set loss.temperature=20 --set loss.multiplier=100
     """
     method = kw.get("method") or "ce"
-    if method in ("kd", "kd_self"):
-        raise TfkdError(f"train-teacher trains without a teacher (ce, tfkd_reg, lsr); use `tfkd distill --method {method}`")
+    if method in _teacher_methods(True):
+        raise TfkdError(f"train-teacher trains without a teacher ({', '.join(_teacher_methods(False))}); "
+                        f"use `tfkd distill --method {method}`")
     _run_training(kw, {"method": method})
 
 
@@ -184,8 +216,9 @@ def distill(**kw: Any) -> None:
       tfkd distill --student resnet18 --teacher release/base_resnet50 --teacher-model resnet50 --teacher-epoch 51
     """
     method = kw.get("method") or "kd"
-    if method not in ("kd", "kd_self"):
-        raise TfkdError(f"distill uses a teacher (kd or kd_self); for {method} use `tfkd train-teacher --method {method}`")
+    if method not in _teacher_methods(True):
+        raise TfkdError(f"distill uses a teacher ({' or '.join(_teacher_methods(True))}); "
+                        f"for {method} use `tfkd train-teacher --method {method}`")
     if not kw.get("teacher") and not kw.get("recipe_file"):
         raise TfkdError("distill needs --teacher (a run directory or a checkpoint)")
     _run_training(kw, {"method": method})
@@ -272,7 +305,8 @@ def run_cmd(recipe_file: str, sets: tuple, out: str, resume: bool, overwrite: bo
 
 @cli.command()
 @click.argument("table", required=False)
-@click.option("--scale", default="paper", show_default=True, help="paper, mini or smoke (recipes/scales/).")
+@click.option("--scale", default="paper", show_default=True, help="paper, mini, smoke (recipes/scales/) or a scale overlay FILE.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field of every run, after the scale (repeatable).")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Run seeds 0..N-1 of every run.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Results folder (default results/<table>/<scale>).")
 @click.option("--runs-dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
@@ -286,7 +320,7 @@ def run_cmd(recipe_file: str, sets: tuple, out: str, resume: bool, overwrite: bo
 @click.option("--report-only", is_flag=True, help="Write the results table from finished runs; train nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
-def reproduce(table: Optional[str], scale: str, seeds: int, out: Optional[str], runs_dir: str,
+def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Optional[str], runs_dir: str,
               teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
               report_only: bool, retry_failed: bool, list_: bool) -> None:
     """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
@@ -297,6 +331,7 @@ def reproduce(table: Optional[str], scale: str, seeds: int, out: Optional[str], 
       tfkd reproduce table3 --scale smoke             # about 1.5 min on 2 cores, no download
       tfkd reproduce table3 --scale mini --seeds 2 --jobs 2   # tiny100-32, ~35 min on 2 cores
       tfkd reproduce table3 --teachers pretrained_teacher_models/   # authors' teachers
+      tfkd reproduce tfkd-reg-cifar100 --scale my_scale.yaml --set data.dataset=cifar10 --set data.root=DIR
     """
     from tfkd_cli.reproduce import api
 
@@ -311,7 +346,7 @@ def reproduce(table: Optional[str], scale: str, seeds: int, out: Optional[str], 
         raise TfkdError(f"--jobs must be >= 1, got {jobs}")
     api.reproduce(table, scale=scale, seeds=seeds, out=out, runs_dir=runs_dir, teachers=teachers,
                   only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
-                  dry_run=dry_run, report_only=report_only, retry_failed=retry_failed,
+                  dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
                   log=lambda m: click.echo(m, err=True), echo=click.echo)
 
 

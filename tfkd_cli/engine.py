@@ -177,7 +177,7 @@ def _check_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> 
     if not isinstance(ck.get("version"), int) or ck["version"] > ckpt_io.VERSION:
         raise TfkdError(f"{last}: checkpoint format version {ck.get('version')} is not one this tfkd reads "
                         f"(<= {ckpt_io.VERSION}); upgrade tfkd")
-    if ck.get("recipe_hash") != recipe.hash():
+    if not recipe.matches_hash(ck.get("recipe_hash")):  # also a run written before identity version 2
         raise TfkdError(f"{last} was written by another recipe (hash {ck.get('recipe_hash')} vs "
                         f"{recipe.hash()}); resume with the same recipe, or --overwrite")
     return ck

@@ -11,14 +11,16 @@ Two semantics, chosen per loss with `semantics=`:
 * ``paper`` follows the paper's equations: batch-mean KL (divide by N), a tempered
   student in Tf-KD_reg, and LSR with eps*u(k) = eps/K.
 
-`build_loss(name, **params)` returns ``loss(student_logits, labels, teacher_logits=None)``.
+`METHODS` is the method registry (loss, teacher or not, the parameters read and their
+defaults); `build_loss(name, **params)` returns ``loss(student_logits, labels, teacher_logits=None)``.
 Everything is vectorised: no per-sample Python loop (the official Tf-KD_reg has one).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +48,8 @@ def ce(z: Tensor, y: Tensor, t: Optional[Tensor] = None, **_: object) -> Tensor:
     return F.cross_entropy(z, y)
 
 
-def kd(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float = 0.9,
-       temperature: float = 20.0, multiplier: float = 1.0, semantics: str = "official",
-       **_: object) -> Tensor:
+def kd(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
+       multiplier: float, semantics: str, **_: object) -> Tensor:
     """Knowledge distillation (Hinton et al.), official `loss_kd` / `loss_kd_self`.
 
     L = (1 - a) * CE + a * T^2 * m * KL(s_T(t) || s_T(z)) / R,
@@ -71,15 +72,14 @@ def kd_self(z: Tensor, y: Tensor, t: Optional[Tensor] = None, **params: object) 
     return kd(z, y, t, **params)
 
 
-def virtual_teacher(y: Tensor, k: int, correct_prob: float = 0.99, dtype: torch.dtype = torch.float32) -> Tensor:
+def virtual_teacher(y: Tensor, k: int, correct_prob: float, dtype: torch.dtype = torch.float32) -> Tensor:
     """The hand-designed teacher p^d: correct_prob on the true class, (1-correct_prob)/(K-1) elsewhere."""
     p = torch.full((y.shape[0], k), (1.0 - correct_prob) / (k - 1), device=y.device, dtype=dtype)
     return p.scatter_(1, y.unsqueeze(1), correct_prob)
 
 
-def tfkd_reg(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float = 0.1,
-             temperature: float = 20.0, multiplier: float = 1.0, correct_prob: float = 0.99,
-             semantics: str = "official", **_: object) -> Tensor:
+def tfkd_reg(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
+             multiplier: float, correct_prob: float, semantics: str, **_: object) -> Tensor:
     """Tf-KD_reg: KD from a hand-designed virtual teacher (`loss_kd_regularization`).
 
     target = softmax(p^d / T)   (softmax of probabilities, as in the official code)
@@ -93,8 +93,8 @@ def tfkd_reg(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float =
     return (1.0 - alpha) * F.cross_entropy(z, y) + alpha * multiplier * kl
 
 
-def lsr(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: float = 0.1,
-        semantics: str = "official", **_: object) -> Tensor:
+def lsr(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: float, semantics: str,
+        **_: object) -> Tensor:
     """Label smoothing regularization (`loss_label_smoothing`).
 
     official: target = (1 - eps) on y, eps/(K-1) elsewhere
@@ -111,26 +111,77 @@ def lsr(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: float = 0.
     return -(target * F.log_softmax(_f32(z), dim=1)).sum() / n
 
 
-LOSSES: dict[str, Callable[..., Tensor]] = {
-    "ce": ce,
-    "kd": kd,
-    "kd_self": kd_self,
-    "tfkd_reg": tfkd_reg,
-    "lsr": lsr,
+@dataclass(frozen=True)
+class Param:
+    """A loss hyper-parameter: its type and the values allowed (shared by every method that reads it)."""
+
+    kind: Any  # float, or a Literal of the allowed strings
+    ok: Callable[[Any], bool]
+    allowed: str  # what `ok` accepts, for the error message
+    doc: str
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method: its loss, whether it needs a teacher, and the parameters it reads.
+
+    `defaults` is the only place a method's parameter defaults live; the recipe (LossCfg),
+    the run identity, the CLI and the cost model all read this record.
+    """
+
+    loss: Callable[..., Tensor]
+    needs_teacher: bool
+    defaults: dict[str, Any]  # parameter -> default; the loss reads exactly these
+    doc: str
+
+
+PARAMS: dict[str, Param] = {
+    "alpha": Param(float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]", "weight of the soft term; (1 - alpha) on CE"),
+    "temperature": Param(float, lambda v: v > 0, "> 0", "softmax temperature T"),
+    "multiplier": Param(float, lambda v: v >= 0, ">= 0", "extra factor on the KL term (official kd_self / tfkd_reg)"),
+    "correct_prob": Param(float, lambda v: 0.0 < v < 1.0, "in (0, 1)", "Tf-KD_reg: probability of the true class in p^d"),
+    "epsilon": Param(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "LSR smoothing"),
+    "semantics": Param(Literal["official", "paper"], lambda v: v in SEMANTICS, " | ".join(SEMANTICS),
+                       "official code or paper equations (module docstring)"),
 }
-NEEDS_TEACHER = {"kd", "kd_self"}
-PARAMS = ("alpha", "temperature", "multiplier", "correct_prob", "epsilon", "semantics")
+
+_KD = {"alpha": 0.9, "temperature": 20.0, "multiplier": 1.0, "semantics": "official"}
+METHODS: dict[str, Method] = {
+    "ce": Method(ce, False, {}, "cross-entropy (a baseline or a teacher)"),
+    "kd": Method(kd, True, dict(_KD), "knowledge distillation from a teacher (normal KD, Re-KD, De-KD)"),
+    "kd_self": Method(kd_self, True, dict(_KD), "Tf-KD_self: KD from a pre-trained copy of the model"),
+    # alpha 0.9 like every other method: the value every tfkd_reg run without an explicit alpha has used
+    "tfkd_reg": Method(tfkd_reg, False, {**_KD, "correct_prob": 0.99}, "Tf-KD_reg: KD from a virtual teacher"),
+    "lsr": Method(lsr, False, {"epsilon": 0.1, "semantics": "official"}, "label smoothing regularization"),
+}
+LOSSES: dict[str, Callable[..., Tensor]] = {name: m.loss for name, m in METHODS.items()}
+NEEDS_TEACHER = {name for name, m in METHODS.items() if m.needs_teacher}  # derived, for the engine
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise TfkdError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_params(name: str, given: dict) -> dict:
+    """The parameters method `name` reads: its defaults, overridden by the non-None values in `given`."""
+    m = get_method(name)
+    return {k: given[k] if given.get(k) is not None else d for k, d in m.defaults.items()}
 
 
 def build_loss(name: str, **params: object) -> Callable[..., Tensor]:
-    """`loss(student_logits, labels, teacher_logits=None)` for a method name and its params."""
-    if name not in LOSSES:
-        raise TfkdError(f"unknown method {name!r}; choose from: {', '.join(LOSSES)}")
+    """`loss(student_logits, labels, teacher_logits=None)` for a method name and its params.
+
+    Parameters the method does not read (and None values) are ignored; unset ones take the
+    method's default.
+    """
+    m = get_method(name)
     unknown = set(params) - set(PARAMS)
     if unknown:
         raise TfkdError(f"unknown loss parameter(s) {', '.join(sorted(unknown))}; allowed: {', '.join(PARAMS)}")
-    if params.get("semantics", "official") not in SEMANTICS:
+    if params.get("semantics") not in (None, *SEMANTICS):
         raise TfkdError(f"semantics must be one of {', '.join(SEMANTICS)}, got {params['semantics']!r}")
-    fn = functools.partial(LOSSES[name], **params)
-    functools.update_wrapper(fn, LOSSES[name])
+    fn = functools.partial(m.loss, **method_params(name, params))
+    functools.update_wrapper(fn, m.loss)
     return fn

@@ -26,9 +26,15 @@ from typing import Any, Literal, Optional
 import yaml
 
 from tfkd_cli.errors import TfkdError
+from tfkd_cli.losses import METHODS, PARAMS, method_params
 
-METHODS = ("ce", "kd", "kd_self", "tfkd_reg", "lsr")
-TEACHER_METHODS = ("kd", "kd_self")
+# Version of the run identity. 1 (before tfkd 0.x, commit 35f0c10): every loss parameter,
+# read or not. 2: only the parameters the run's method reads. Runs written under 1 are still
+# recognised through `legacy_hash` / `reproduce.plan`'s legacy key.
+IDENTITY_VERSION = 2
+# The loss parameters identity 1 held, with their values then; a run that sets any other
+# loss parameter away from its default cannot be a version-1 run.
+_V1_LOSS = ("alpha", "temperature", "multiplier", "correct_prob", "epsilon", "semantics")
 
 
 @dataclass
@@ -41,16 +47,25 @@ class TeacherCfg:
     width: Optional[float] = None  # width of an official checkpoint's model (default 1.0)
 
 
-@dataclass
-class LossCfg:
-    """Loss parameters; see `tfkd_cli.losses` for the formulas."""
+def _loss_cfg() -> type:
+    """LossCfg, generated from the method registry (`tfkd_cli.losses.PARAMS`, `METHODS`).
 
-    alpha: float = 0.9  # weight of the soft term; (1 - alpha) on CE
-    temperature: float = 20.0
-    multiplier: float = 1.0  # extra factor on the KL term (official kd_self / tfkd_reg)
-    correct_prob: float = 0.99  # Tf-KD_reg: probability of the true class in p^d
-    epsilon: float = 0.1  # LSR smoothing
-    semantics: Literal["official", "paper"] = "official"
+    One field per loss parameter, typed by the registry. Its default is the one every method
+    that reads it agrees on (None where they differ: `from_dict` then fills the run's method's
+    default). So a new parameter is declared once, in losses.py.
+    """
+    fields = []
+    for name, p in PARAMS.items():
+        defaults = {m.defaults[name] for m in METHODS.values() if name in m.defaults}
+        default = defaults.pop() if len(defaults) == 1 else None
+        fields.append((name, p.kind if default is not None else Optional[p.kind], field(default=default)))
+    cls = dataclasses.make_dataclass("LossCfg", fields)
+    cls.__doc__ = "Loss parameters; see `tfkd_cli.losses` for the formulas and which method reads which."
+    cls.__module__ = __name__
+    return cls
+
+
+LossCfg = _loss_cfg()
 
 
 @dataclass
@@ -122,8 +137,20 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def loss_params(self) -> dict:
+        """The loss parameters this run's method reads, with their values (build_loss takes these)."""
+        return method_params(self.method, dataclasses.asdict(self.loss))
+
     def identity(self) -> dict:
-        """The recipe without what does not define the run: runtime, data location, name."""
+        """The recipe without what does not define the run: runtime, data location, name,
+        and loss parameters its method does not read."""
+        d = self.identity_v1()
+        d["loss"] = self.loss_params()
+        d["identity"] = IDENTITY_VERSION
+        return d
+
+    def identity_v1(self) -> dict:
+        """The identity as tfkd wrote it before IDENTITY_VERSION 2 (every loss parameter)."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("name")
@@ -133,11 +160,28 @@ class Recipe:
 
     def hash(self) -> str:
         """Hash of everything that changes the numbers (the identity without kept files)."""
-        d = self.identity()
-        for k in ("checkpoint_every", "keep_epochs"):  # which files are written, not the numbers
-            d["train"].pop(k)
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _hash(self.identity())
+
+    def legacy_hash(self) -> Optional[str]:
+        """The hash identity version 1 gave this run, or None if no version-1 run could be it."""
+        d = self.identity_v1()
+        defaults = LossCfg()
+        if any(d["loss"][k] != getattr(defaults, k) for k in d["loss"] if k not in _V1_LOSS):
+            return None
+        d["loss"] = {k: d["loss"][k] for k in _V1_LOSS}
+        return _hash(d)
+
+    def matches_hash(self, h: Optional[str]) -> bool:
+        """Whether a hash recorded in a run (summary, checkpoint) is this recipe's, now or before."""
+        return h is not None and h in (self.hash(), self.legacy_hash())
+
+
+def _hash(identity: dict) -> str:
+    d = copy.deepcopy(identity)
+    for k in ("checkpoint_every", "keep_epochs"):  # which files are written, not the numbers
+        d["train"].pop(k)
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # -- validation ----------------------------------------------------------------------
@@ -218,7 +262,6 @@ def _check_ranges(r: Recipe, src: str) -> None:
     def bad(key: str, what: str) -> None:
         raise TfkdError(f"{src}: {key} must be {what}")
 
-    from tfkd_cli.losses import LOSSES
     from tfkd_cli.models import canonical_name
 
     try:
@@ -230,20 +273,14 @@ def _check_ranges(r: Recipe, src: str) -> None:
             canonical_name(r.teacher.model)
         except TfkdError as e:
             raise TfkdError(f"{src}: teacher.model: {e}") from None
-    if r.method not in LOSSES:
-        bad("method", f"one of {', '.join(LOSSES)} (got {r.method!r})")
+    if r.method not in METHODS:
+        bad("method", f"one of {', '.join(METHODS)} (got {r.method!r})")
     if r.width <= 0:
         bad("width", f"> 0 (got {r.width})")
-    if not 0.0 <= r.loss.alpha <= 1.0:
-        bad("loss.alpha", f"in [0, 1] (got {r.loss.alpha})")
-    if r.loss.temperature <= 0:
-        bad("loss.temperature", f"> 0 (got {r.loss.temperature})")
-    if r.loss.multiplier < 0:
-        bad("loss.multiplier", f">= 0 (got {r.loss.multiplier})")
-    if not 0.0 < r.loss.correct_prob < 1.0:
-        bad("loss.correct_prob", f"in (0, 1) (got {r.loss.correct_prob})")
-    if not 0.0 <= r.loss.epsilon < 1.0:
-        bad("loss.epsilon", f"in [0, 1) (got {r.loss.epsilon})")
+    for name, p in PARAMS.items():
+        value = getattr(r.loss, name)
+        if value is not None and not p.ok(value):
+            bad(f"loss.{name}", f"{p.allowed} (got {value})")
     if r.optim.lr <= 0:
         bad("optim.lr", f"> 0 (got {r.optim.lr})")
     if r.optim.lr_ref_batch <= 0:
@@ -270,7 +307,7 @@ def _check_ranges(r: Recipe, src: str) -> None:
         bad("train.checkpoint_every", f">= 0 (got {r.train.checkpoint_every})")
     if r.data.per_class is not None and r.data.per_class <= 0:
         bad("data.per_class", f"> 0 or null (got {r.data.per_class})")
-    if r.method in TEACHER_METHODS and not r.teacher.path:
+    if METHODS[r.method].needs_teacher and not r.teacher.path:
         bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher)")
     if r.teacher.epoch is not None and r.teacher.epoch <= 0:
         bad("teacher.epoch", f">= 1 (got {r.teacher.epoch})")
@@ -366,6 +403,8 @@ def from_dict(data: dict, source: str = "recipe") -> Recipe:
     except TfkdError as e:
         raise TfkdError(f"{source}: {e}") from None
     _check_ranges(r, source)
+    for k, v in r.loss_params().items():  # a parameter the methods' defaults disagree on
+        setattr(r.loss, k, v)
     return r
 
 
@@ -388,7 +427,7 @@ def recipes_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
 
 
-def _pick(layers: list[dict], *keys: str) -> Any:
+def pick(layers: list[dict], *keys: str) -> Any:
     """The value of a nested key in the highest layer that sets it."""
     for layer in reversed(layers):
         node: Any = layer
@@ -399,20 +438,24 @@ def _pick(layers: list[dict], *keys: str) -> Any:
     return None
 
 
+def dataset_profile(dataset: str) -> dict:
+    """recipes/datasets/<dataset>.yaml, a dataset's own protocol (e.g. ImageNet's 90 epochs), or {}."""
+    path = recipes_dir() / "datasets" / f"{dataset}.yaml"
+    return load_layers(path) if path.is_file() else {}
+
+
 def resolve_run(file: Optional[str | Path] = None, sets: typing.Iterable[str] = (),
                 overrides: Optional[dict] = None, base: Optional[dict] = None) -> Recipe:
     """A run's recipe: defaults < dataset profile < `base` < file < --set < flags.
 
-    The dataset profile (recipes/datasets/<dataset>.yaml, if any) holds a dataset's own
-    protocol, e.g. ImageNet's 90 epochs or the short schedule of the offline `digits` set.
+    The same order as a `reproduce` run (tfkd_cli.reproduce.plan), which adds its scale
+    between the table and --set. The profile is that of the dataset the layers name.
     """
     layers = [copy.deepcopy(base or {})]
     if file:
         layers.append(load_layers(Path(file)))
     layers += [parse_set(sets), overrides or {}]
-    dataset = _pick(layers, "data", "dataset") or DataCfg.dataset
-    profile = recipes_dir() / "datasets" / f"{dataset}.yaml"
-    data = load_layers(profile) if profile.is_file() else {}
+    data = dataset_profile(pick(layers, "data", "dataset") or DataCfg.dataset)
     for layer in layers:
         data = merge(data, layer)
     return from_dict(data, str(file) if file else "recipe")

@@ -1,6 +1,6 @@
 """Data layer: dataset registry, readers, the in-memory fast path and the folder DataLoader path.
 
-    data = build_data("cifar100", root, batch_size=128, device="cuda")
+    data = build_data(DataSpec("cifar100", root, batch_size=128, device="cuda"))  # or build_data("cifar100", root, ...)
     for x, y in data.train_batches(epoch, seed):       # deterministic in (seed, epoch, rank, world_size)
         ...
     for x, y in data.test_batches():
@@ -11,10 +11,10 @@ matches the official torchvision/PIL transforms pixel for pixel for the same ran
 """
 
 from tfkd_cli.data.augment import AugParams, BatchAugmenter, apply_params, sample_params
-from tfkd_cli.data.loaders import Data, FolderData, InMemoryData, build_data, shard_order
+from tfkd_cli.data.loaders import Data, DataSpec, FolderData, InMemoryData, build_data, shard_order
 from tfkd_cli.data.readers import DATASETS, DatasetInfo, FolderSplit, default_root, read_split, scan_folder_split
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "Data", "InMemoryData", "FolderData", "FolderSplit", "build_data", "default_root",
+    "DATASETS", "DatasetInfo", "Data", "DataSpec", "InMemoryData", "FolderData", "FolderSplit", "build_data", "default_root",
     "read_split", "scan_folder_split", "shard_order", "AugParams", "BatchAugmenter", "sample_params", "apply_params",
 ]

@@ -19,8 +19,9 @@ import hashlib
 import math
 import struct
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ from tfkd_cli.data.readers import (
 )
 from tfkd_cli.errors import TfkdError
 
-__all__ = ["Data", "InMemoryData", "FolderData", "build_data", "shard_order", "mix_seed", "class_balanced_subset"]
+__all__ = ["Data", "DataSpec", "InMemoryData", "FolderData", "build_data", "shard_order", "mix_seed", "class_balanced_subset"]
 
 Batch = tuple[Tensor, Tensor]
 _MASK63 = (1 << 63) - 1
@@ -383,38 +384,67 @@ class FolderData(Data):
 # --------------------------------------------------------------------------- build
 
 
-def build_data(name: str, root: str | Path | None = None, *, download: bool = False, per_class: int | None = None,
-               subset_seed: int = 0, augment: bool = True, device: str | torch.device = "cpu",
-               batch_size: int = 128, eval_batch_size: int = 512, workers: int = 4,
-               rank: int = 0, world_size: int = 1, channels_last: bool = False) -> Data:
+@dataclass(frozen=True)
+class DataSpec:
+    """What `build_data` reads and how it serves batches (the recipe's data section + the run's device)."""
+
+    name: str
+    root: str | Path | None = None  # default: $TFKD_DATA_ROOT, else ./data
+    download: bool = False
+    per_class: int | None = None  # class-balanced training subset
+    subset_seed: int = 0
+    augment: bool = True
+    workers: int = 4  # folder datasets only
+    device: str | torch.device = "cpu"
+    batch_size: int = 128  # per process
+    eval_batch_size: int = 512
+    rank: int = 0
+    world_size: int = 1
+    channels_last: bool = False
+
+    @classmethod
+    def of(cls, data_cfg: Any, **serving: Any) -> "DataSpec":
+        """From a recipe's `data` section (DataCfg) plus device, batch sizes, rank, world_size, channels_last."""
+        return cls(name=data_cfg.dataset, root=data_cfg.root, download=data_cfg.download,
+                   per_class=data_cfg.per_class, subset_seed=data_cfg.subset_seed, augment=data_cfg.augment,
+                   workers=data_cfg.workers, **serving)
+
+
+def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: Any) -> Data:
     """Read a dataset and return its `Data` (see the module docstring for the determinism contract).
 
+    `spec` is a DataSpec, or a dataset name with DataSpec's other fields as keywords
+    (`build_data("cifar100", root, batch_size=64)`).
     A copy without a training split (e.g. the 20-image CIFAR-100 sample) builds fine for test-side
     use; `steps_per_epoch`, `train_batches` and `train_eval_batches` then raise a TfkdError.
     """
-    info = get_info(name)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("eval_batch_size", eval_batch_size, 1)
-    _check_int("workers", workers, 0)
-    _check_int("world_size", world_size, 1)
-    _check_int("rank", rank, 0, world_size - 1)
-    if per_class is not None:
-        _check_int("per_class", per_class, 1)
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec(spec, root, **fields)
+    info = get_info(spec.name)
+    _check_int("batch_size", spec.batch_size, 1)
+    _check_int("eval_batch_size", spec.eval_batch_size, 1)
+    _check_int("workers", spec.workers, 0)
+    _check_int("world_size", spec.world_size, 1)
+    _check_int("rank", spec.rank, 0, spec.world_size - 1)
+    if spec.per_class is not None:
+        _check_int("per_class", spec.per_class, 1)
     try:
-        dev = torch.device(device)
+        dev = torch.device(spec.device)
     except (RuntimeError, TypeError) as e:
-        raise TfkdError(_one_line(f"bad device {device!r}: {e}")) from None
-    root_path = Path(root) if root is not None else (default_root() if info.needs_root else None)
+        raise TfkdError(_one_line(f"bad device {spec.device!r}: {e}")) from None
+    root_path = Path(spec.root) if spec.root is not None else (default_root() if info.needs_root else None)
+    per_class, subset_seed = spec.per_class, spec.subset_seed
 
-    test = info.reader(root_path, "test", download)
+    test = info.reader(root_path, "test", spec.download)
     missing_train = None
     try:
         train = info.reader(root_path, "train", False)
     except MissingSplit as e:
         train, missing_train = None, str(e)
 
-    common = dict(missing_train=missing_train, batch_size=batch_size, eval_batch_size=eval_batch_size, rank=rank,
-                  world_size=world_size, device=dev, channels_last=channels_last, augment=augment)
+    common = dict(missing_train=missing_train, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
+                  rank=spec.rank, world_size=spec.world_size, device=dev, channels_last=spec.channels_last,
+                  augment=spec.augment)
     if info.in_memory:
         x_te, y_te, classes = test
         if train is not None:
@@ -432,4 +462,4 @@ def build_data(name: str, root: str | Path | None = None, *, download: bool = Fa
         labels = torch.tensor([lab for _, lab in train.samples], dtype=torch.int64)
         keep = class_balanced_subset(labels, per_class, subset_seed, len(classes), f"{info.title} under {root_path}")
         train = FolderSplit([train.samples[i] for i in keep.tolist()], train.classes, train.root)
-    return FolderData(info, classes, train, test, workers=workers, **common)
+    return FolderData(info, classes, train, test, workers=spec.workers, **common)

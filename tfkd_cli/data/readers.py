@@ -70,7 +70,12 @@ def default_root() -> Path:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One registry entry."""
+    """One registry entry: everything tfkd knows about a dataset, in one place.
+
+    `train_transform` / `test_transform` describe the official torchvision transforms as steps
+    (name, *args) before ToTensor + Normalize(mean, std); `data.reference` builds them and the
+    in-memory fast path reads crop/flip/rotate from them (in that order: the official one).
+    """
 
     name: str
     title: str  # human name used in messages
@@ -79,11 +84,31 @@ class DatasetInfo:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    rotation: float  # RandomRotation degrees of the official train transform
-    crop_padding: int | None  # RandomCrop(image_size, padding=...) or None (no crop)
-    in_memory: bool
+    num_train: int  # images in the train split (cost estimates; cifar-layout: the tiny100-32 stand-in)
+    num_test: int
+    train_transform: tuple[tuple, ...]  # ("crop", padding) | ("flip",) | ("rotate", degrees) | ("resized_crop", size)
+    test_transform: tuple[tuple, ...] = ()  # ("resize", size) | ("center_crop", size)
+    in_memory: bool = True
     needs_root: bool = True
-    flip: bool = True
+
+    def _step(self, name: str) -> tuple | None:
+        return next((s for s in self.train_transform if s[0] == name), None)
+
+    @property
+    def crop_padding(self) -> int | None:
+        """RandomCrop(image_size, padding=...) of the train transform, or None (no crop)."""
+        step = self._step("crop")
+        return step[1] if step else None
+
+    @property
+    def rotation(self) -> float:
+        """RandomRotation degrees of the train transform (0: none)."""
+        step = self._step("rotate")
+        return float(step[1]) if step else 0.0
+
+    @property
+    def flip(self) -> bool:
+        return self._step("flip") is not None
 
 
 # --------------------------------------------------------------------------- pickles
@@ -472,16 +497,29 @@ def _read_imagenet(root, split, download=False) -> FolderSplit:
 
 # --------------------------------------------------------------------------- registry
 
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar100": DatasetInfo("cifar100", "CIFAR-100", _read_cifar100, 100, 32, CIFAR100_MEAN, CIFAR100_STD, 15.0, 4, True),
-    "cifar10": DatasetInfo("cifar10", "CIFAR-10", _read_cifar10, 10, 32, CIFAR100_MEAN, CIFAR100_STD, 15.0, 4, True),
-    "cifar-layout": DatasetInfo("cifar-layout", "CIFAR-layout", _read_cifar_layout, None, 32, CIFAR100_MEAN, CIFAR100_STD,
-                                15.0, 4, True),
-    "digits": DatasetInfo("digits", "digits", _read_digits, 10, 32, DIGITS_MEAN, DIGITS_STD, 15.0, 4, True, needs_root=False),
-    "tiny-imagenet": DatasetInfo("tiny-imagenet", "Tiny-ImageNet", _read_tiny_imagenet, 200, 64, TINY_MEAN, TINY_STD, 20.0,
-                                 None, False),
-    "imagenet": DatasetInfo("imagenet", "ImageNet", _read_imagenet, 1000, 224, IMAGENET_MEAN, IMAGENET_STD, 0.0, None, False),
-}
+_CIFAR_TRAIN = (("crop", 4), ("flip",), ("rotate", 15.0))  # official CIFAR transform_train
+
+DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
+    DatasetInfo(name="cifar100", title="CIFAR-100", reader=_read_cifar100, num_classes=100, image_size=32,
+                mean=CIFAR100_MEAN, std=CIFAR100_STD, num_train=50_000, num_test=10_000,
+                train_transform=_CIFAR_TRAIN),
+    DatasetInfo(name="cifar10", title="CIFAR-10", reader=_read_cifar10, num_classes=10, image_size=32,
+                mean=CIFAR100_MEAN, std=CIFAR100_STD, num_train=50_000, num_test=10_000,
+                train_transform=_CIFAR_TRAIN),
+    DatasetInfo(name="cifar-layout", title="CIFAR-layout", reader=_read_cifar_layout, num_classes=None,
+                image_size=32, mean=CIFAR100_MEAN, std=CIFAR100_STD, num_train=50_000, num_test=5_000,
+                train_transform=_CIFAR_TRAIN),
+    DatasetInfo(name="digits", title="digits", reader=_read_digits, num_classes=10, image_size=32,
+                mean=DIGITS_MEAN, std=DIGITS_STD, num_train=DIGITS_TRAIN, num_test=DIGITS_TEST,
+                train_transform=_CIFAR_TRAIN, needs_root=False),
+    DatasetInfo(name="tiny-imagenet", title="Tiny-ImageNet", reader=_read_tiny_imagenet, num_classes=200,
+                image_size=64, mean=TINY_MEAN, std=TINY_STD, num_train=100_000, num_test=10_000,
+                train_transform=(("rotate", 20.0), ("flip",)), in_memory=False),
+    DatasetInfo(name="imagenet", title="ImageNet", reader=_read_imagenet, num_classes=1000, image_size=224,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, num_train=1_281_167, num_test=50_000,
+                train_transform=(("resized_crop", 224), ("flip",)),
+                test_transform=(("resize", 256), ("center_crop", 224)), in_memory=False),
+)}
 
 
 def get_info(name: str) -> DatasetInfo:

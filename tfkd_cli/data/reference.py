@@ -17,33 +17,32 @@ from tfkd_cli.data.readers import get_info
 __all__ = ["official_train_transform", "official_test_transform", "ReferenceDataset"]
 
 
+def _steps(info, steps: tuple[tuple, ...]) -> list:
+    """The registry's transform description (`DatasetInfo.train_transform`) as torchvision transforms."""
+    build = {
+        "crop": lambda padding: T.RandomCrop(info.image_size, padding=padding),
+        "flip": lambda: T.RandomHorizontalFlip(),
+        "rotate": lambda degrees: T.RandomRotation(degrees),
+        "resized_crop": lambda size: T.RandomResizedCrop(size),
+        "resize": lambda size: T.Resize(size),
+        "center_crop": lambda size: T.CenterCrop(size),
+    }
+    return [build[name](*args) for name, *args in steps]
+
+
 def official_train_transform(name: str) -> T.Compose:
-    """CIFAR-style: RandomCrop(32, padding=4), RandomHorizontalFlip(), RandomRotation(15), ToTensor, Normalize.
-    tiny-imagenet: RandomRotation(20), RandomHorizontalFlip(0.5), ToTensor, Normalize (no crop).
-    imagenet: RandomResizedCrop(224), RandomHorizontalFlip(), ToTensor, Normalize."""
+    """The dataset's official train transform, then ToTensor, Normalize. CIFAR-style:
+    RandomCrop(32, padding=4), RandomHorizontalFlip(), RandomRotation(15); tiny-imagenet:
+    RandomRotation(20), RandomHorizontalFlip(0.5) (no crop); imagenet: RandomResizedCrop(224),
+    RandomHorizontalFlip() (the registry, `readers.DATASETS`, holds the steps)."""
     info = get_info(name)
-    norm = [T.ToTensor(), T.Normalize(info.mean, info.std)]
-    if name == "imagenet":
-        return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *norm])
-    if name == "tiny-imagenet":
-        return T.Compose([T.RandomRotation(info.rotation), T.RandomHorizontalFlip(0.5), *norm])
-    steps: list = []
-    if info.crop_padding is not None:
-        steps.append(T.RandomCrop(info.image_size, padding=info.crop_padding))
-    if info.flip:
-        steps.append(T.RandomHorizontalFlip())
-    if info.rotation:
-        steps.append(T.RandomRotation(info.rotation))
-    return T.Compose([*steps, *norm])
+    return T.Compose([*_steps(info, info.train_transform), T.ToTensor(), T.Normalize(info.mean, info.std)])
 
 
 def official_test_transform(name: str) -> T.Compose:
     """ToTensor + Normalize (imagenet: Resize(256), CenterCrop(224) first)."""
     info = get_info(name)
-    norm = [T.ToTensor(), T.Normalize(info.mean, info.std)]
-    if name == "imagenet":
-        return T.Compose([T.Resize(256), T.CenterCrop(224), *norm])
-    return T.Compose(norm)
+    return T.Compose([*_steps(info, info.test_transform), T.ToTensor(), T.Normalize(info.mean, info.std)])
 
 
 class ReferenceDataset(Dataset):

@@ -40,13 +40,22 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
             total += secs
         dep = ", ".join(f"{by_key[d].id}" + (f"@ep{r.teacher.epoch}" if r.teacher.epoch else "") for d in p.deps)
         what = f"{r.model} x{r.width:g} {r.method}"
-        if r.method in ("kd", "kd_self", "tfkd_reg"):
-            what += f" a={r.loss.alpha:g} T={r.loss.temperature:g}" + (f" m={r.loss.multiplier:g}" if r.loss.multiplier != 1 else "")
+        what += _loss_text(r)
         lines.append([p.name, what, r.train.epochs, r.train.batch_size, f"{r.lr:g}", dep or "-",
                       "release " + str(p.release) if p.external else st, _hms(secs)])
     head = tabulate(lines, headers=["run", "what", "epochs", "batch", "lr", "needs", "status", "est. time"])
     return f"{head}\n\n{len(lines)} runs; estimated time for pending runs on {device}: {_hms(total)} " \
            "(rough: per-image times measured per model, see tfkd_cli/reproduce/cost.py)"
+
+
+_SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m"}  # shown in the plan, with their values
+
+
+def _loss_text(r) -> str:
+    """ a=.. T=.. (m=.. unless 1) for the methods that read them."""
+    p = r.loss_params()
+    return "".join(f" {short}={p[k]:g}" for k, short in _SHORT.items()
+                   if k in p and not (k == "multiplier" and p[k] == 1))
 
 
 def _hms(s: float) -> str:
@@ -57,10 +66,11 @@ def _hms(s: float) -> str:
 def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[str] = None,
               runs_dir: str = "runs/reproduce", teachers: Optional[str] = None, only: Optional[set] = None,
               jobs: int = 1, devices: Optional[list[str]] = None, dry_run: bool = False,
-              report_only: bool = False, retry_failed: bool = False,
+              report_only: bool = False, retry_failed: bool = False, sets: tuple = (),
               log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[dict]:
     table = load_table(name)
     sc = load_scale(scale)
+    overrides = check_sets(sets)
     seed_list = list(range(seeds))
     if only:
         unknown = set(only) - set(table.runs)
@@ -71,23 +81,36 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
     if tdir is not None and not tdir.is_dir():
         raise TfkdError(f"--teachers {tdir}: not a folder (expected the unzipped pretrained_teacher_models/ "
                         "with base_<name>/best.pth.tar)")
-    plan = build_plan(table, sc, seed_list, Path(runs_dir), teachers=tdir, only=only)
+    plan = build_plan(table, sc, seed_list, Path(runs_dir), teachers=tdir, only=only, sets=overrides)
     for p in plan:
         if p.external and not p.release.is_dir():
             raise TfkdError(f"--teachers: {p.release} not found (run {p.id} of {table.table} uses it)")
     device = (devices or ["cuda" if _cuda() else "cpu"])[0]
     if dry_run:
-        echo(f"{table.table} at scale {sc.scale}, seeds {seed_list}, runs in {Path(runs_dir).resolve()}")
+        echo(f"{table.table} at scale {sc.scale}, seeds {seed_list}, runs in {Path(runs_dir).resolve()}"
+             + (f", --set {' '.join(sets)}" if sets else ""))
         echo(format_plan(plan, device))
         return None
     if not report_only:
         run_plan(plan, jobs=jobs, devices=devices, retry_failed=retry_failed, log=log)
-    res = report.build_results(table, sc, plan, seed_list)
+    res = report.build_results(table, sc, plan, seed_list, sets=list(sets))
     out_dir = Path(out) if out else Path("results") / table.table / sc.scale
     files = report.write(res, out_dir)
     echo(report.to_markdown(res))
     log("wrote " + ", ".join(str(f) for f in files))
     return res
+
+
+def check_sets(sets: tuple) -> dict:
+    """`--set key=value` items as one override layer; an unknown key or a wrong type is one line."""
+    from tfkd_cli.recipe import Recipe, _build, merge, parse_set
+
+    layer = parse_set(sets)
+    try:
+        _build(Recipe, merge(Recipe().to_dict(), layer), "")
+    except TfkdError as e:
+        raise TfkdError(f"--set: {e}") from None
+    return layer
 
 
 def _cuda() -> bool:

@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from tfkd_cli.data.readers import DATASETS
+from tfkd_cli.losses import METHODS
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.recipe import Recipe
 
@@ -35,10 +37,6 @@ CPU_DEFAULT = {"train": (0.5e-3, 50e9), "infer": (0.1e-3, 150e9)}  # overhead s/
 # Achieved FLOP/s of a training step (counted as 3x forward) and of a forward, on CUDA.
 CUDA_RATES = {"train": 60_000e9, "infer": 150_000e9}
 
-DATASET_SIZES = {  # train, test images, image side (cifar-layout: the tiny100-32 stand-in)
-    "cifar100": (50_000, 10_000, 32), "cifar10": (50_000, 10_000, 32), "cifar-layout": (50_000, 5_000, 32),
-    "digits": (1_437, 360, 32), "tiny-imagenet": (100_000, 10_000, 64), "imagenet": (1_281_167, 50_000, 224),
-}
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,13 +72,14 @@ def _seconds_per_image(device: str, kind: str, model: str, width: float, classes
 
 def estimate_seconds(r: Recipe, device: str = "cpu", teacher: Optional[Recipe] = None) -> float:
     """Estimated wall time of a whole run of recipe `r` (with its teacher run's recipe) on `device`."""
-    n_train, n_test, side = DATASET_SIZES.get(r.data.dataset, (50_000, 10_000, 32))
-    classes = {"cifar10": 10, "digits": 10, "tiny-imagenet": 200, "imagenet": 1000}.get(r.data.dataset, 100)
+    info = DATASETS.get(r.data.dataset)  # sizes from the dataset registry; CIFAR-100's if unknown
+    n_train, n_test, side = (info.num_train, info.num_test, info.image_size) if info else (50_000, 10_000, 32)
+    classes = (info.num_classes if info else None) or 100
     if r.data.per_class:
         n_train = r.data.per_class * classes
     per_epoch = (n_train * _seconds_per_image(device, "train", r.model, r.width, classes, side)
                  + n_test * _seconds_per_image(device, "infer", r.model, r.width, classes, side))
-    if r.teacher.path and r.method in ("kd", "kd_self"):
+    if r.teacher.path and METHODS[r.method].needs_teacher:
         tm = r.teacher.model or (teacher.model if teacher else r.model)
         tw = r.teacher.width or (teacher.width if teacher else r.width)
         per_epoch += n_train * _seconds_per_image(device, "infer", tm, tw, classes, side)

@@ -3,7 +3,14 @@
 Run directories are content-addressed: `<runs_dir>/<model>_<method>_s<seed>_<key>`, where
 the key hashes the run's resolved recipe with its teacher replaced by the teacher's own key.
 So a run shared by several rows (the ResNet18 teacher) or several tables is planned and
-trained once, and a finished run is recognised by its directory alone.
+trained once, and a finished run is recognised by its directory alone. A run directory
+written under identity version 1 (`tfkd_cli.recipe.IDENTITY_VERSION`) keeps its name: when
+it exists and the new one does not, the plan uses it (finished or resumable).
+
+A run's recipe layers, lowest first: Recipe defaults < the profile of the table's dataset
+(recipes/datasets/) < the table's run_defaults < the run < the scale (epoch factor, then
+overrides, then per_model) < `--set` (`sets`). The profile is the table's dataset's, not that
+of a dataset a scale or --set swaps in: a table on other data keeps the table's protocol.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Optional
 
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import canonical_name, is_torchvision
-from tfkd_cli.recipe import Recipe, from_dict, merge
+from tfkd_cli.recipe import DataCfg, Recipe, dataset_profile, from_dict, merge, pick
 from tfkd_cli.reproduce.spec import Scale, Table
 
 
@@ -28,6 +35,7 @@ class PlannedRun:
     recipe: Recipe
     dir: Path
     key: str
+    legacy_key: Optional[str] = None  # the key identity version 1 gave it
     deps: list[tuple[str, int]] = field(default_factory=list)  # (run id, seed) it needs finished
     release: Optional[Path] = None  # set when the authors' released weights stand in for it
 
@@ -82,8 +90,11 @@ def _order(table: Table) -> list[str]:
 
 
 def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
-               teachers: Optional[Path] = None, only: Optional[set[str]] = None) -> list[PlannedRun]:
-    """Every (run, seed) of the table, resolved and ordered; `only` keeps those runs and their deps."""
+               teachers: Optional[Path] = None, only: Optional[set[str]] = None,
+               sets: Optional[dict] = None) -> list[PlannedRun]:
+    """Every (run, seed) of the table, resolved and ordered; `only` keeps those runs and their deps.
+
+    `sets` (parsed `--set` overrides) apply to every run, after the scale."""
     runs_dir = Path(runs_dir).resolve()
     defaults = Recipe().to_dict()
     plan: list[PlannedRun] = []
@@ -94,16 +105,18 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             t = spec.pop("teacher", None) or {}
             teacher_run, teacher_epoch = t.pop("run", None), t.get("epoch")
             layer = merge(merge(table.run_defaults, spec), {"teacher": t} if t else {})
-            full = merge(defaults, layer)
+            dataset = pick([table.run_defaults, spec], "data", "dataset") or DataCfg.dataset
+            full = merge(merge(defaults, dataset_profile(dataset)), layer)
             full = _apply_scale(full, scale.epoch_factor)
             full = merge(full, scale.overrides)
             full = merge(full, scale.per_model.get(canonical_name(full["model"]), {}))
+            full = merge(full, sets or {})
             if is_torchvision(full["model"]):
                 full["width"] = 1.0  # width multipliers exist for the CIFAR models only
             full["seed"] = seed
             full["name"] = rid
             deps = []
-            teacher_key = None
+            teacher_key = legacy_teacher_key = None
             if teacher_run:
                 dep = by_id[(teacher_run, seed)]
                 deps.append((teacher_run, seed))
@@ -114,22 +127,28 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
                     full["teacher"]["model"] = dep.recipe.model
                     full["teacher"]["width"] = 1.0
                     full["teacher"]["epoch"] = teacher_epoch
-                    teacher_key = f"release:{dep.release.resolve()}"
+                    teacher_key = legacy_teacher_key = f"release:{dep.release.resolve()}"
                 else:
                     full["teacher"]["model"] = None
-                    teacher_key = dep.key
+                    teacher_key, legacy_teacher_key = dep.key, dep.legacy_key
                 if teacher_epoch is not None and dep.release is None and \
                         full["teacher"]["epoch"] not in dep.recipe.train.keep_epochs and \
                         full["teacher"]["epoch"] != dep.recipe.train.epochs:
                     raise TfkdError(f"{table.file}: run {rid!r} uses epoch {full['teacher']['epoch']} of "
                                     f"{teacher_run!r}, which does not keep it (train.keep_epochs)")
             recipe = from_dict(full, f"{table.file} run {rid}")
-            key = _key(recipe, teacher_key)
+            key = _key(recipe.identity(), teacher_key)
+            legacy = None
+            if recipe.legacy_hash() is not None and (legacy_teacher_key or not teacher_run):
+                legacy = _key(recipe.identity_v1(), legacy_teacher_key)
             release = None
             if teachers is not None and rid in table.releases:
                 release = Path(teachers) / table.releases[rid]
-            d = runs_dir / f"{recipe.model.replace(':', '-')}_{recipe.method}_s{seed}_{key}"
-            pr = PlannedRun(rid, seed, recipe, d, key, deps, release)
+            stem = f"{recipe.model.replace(':', '-')}_{recipe.method}_s{seed}_"
+            d = runs_dir / f"{stem}{key}"
+            if legacy and not d.exists() and (runs_dir / f"{stem}{legacy}").exists():
+                d = runs_dir / f"{stem}{legacy}"  # written before identity version 2
+            pr = PlannedRun(rid, seed, recipe, d, key, legacy, deps, release)
             plan.append(pr)
             by_id[(rid, seed)] = pr
     if only:
@@ -148,8 +167,8 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
     return plan
 
 
-def _key(recipe: Recipe, teacher_key: Optional[str]) -> str:
-    d = recipe.identity()  # kept epochs count here: a run dir must hold the files asked of it
+def _key(identity: dict, teacher_key: Optional[str]) -> str:
+    d = copy.deepcopy(identity)  # kept epochs count here: a run dir must hold the files asked of it
     if teacher_key is not None:
         d["teacher"]["path"] = teacher_key
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

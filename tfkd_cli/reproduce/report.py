@@ -85,7 +85,8 @@ def _mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]) -> dict:
+def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int],
+                  sets: Optional[list[str]] = None) -> dict:
     by_id: dict[str, list[PlannedRun]] = {}
     for p in plan:
         by_id.setdefault(p.id, []).append(p)
@@ -125,7 +126,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
         rows.append({"label": row.label, "note": row.note, "cells": cells, "claims": claims})
     return {"table": table.table, "title": table.title, "source": table.source, "status": table.status,
             "paper_dataset": table.dataset, "columns": [{"key": c.key, "title": c.title} for c in table.columns],
-            "rows": rows, "notes": table.notes, "header": _header(table, scale, plan, seeds)}
+            "rows": rows, "notes": table.notes, "header": {**_header(table, scale, plan, seeds), "overrides": list(sets or [])}}
 
 
 def _noise(gain: Optional[float], a: dict, b: dict) -> Optional[str]:
@@ -247,6 +248,7 @@ def header_lines(res: dict) -> list[str]:
                                           if h.get("compute_train_only_runs") else ""),
         f"- tfkd {h.get('tfkd')} at commit {', '.join(_short_commit(c) for c in h.get('git_commits') or []) or h.get('git_commit')}; torch {h.get('torch')}, torchvision "
         f"{h.get('torchvision')}, Python {h.get('python')}; generated {h['generated']}",
+        *([f"- overrides (--set, every run): {', '.join(h['overrides'])}"] if h.get("overrides") else []),
         f"- paper numbers: {res['source']}",
         "- cells: paper value, then ours as mean±std over seeds (n); top-1 test accuracy (%), "
         "the epoch each run reports (official: best)",

@@ -37,7 +37,7 @@ def status_of(p: PlannedRun) -> Optional[str]:
     if p.external:
         return EXTERNAL
     s = rundir.read_summary(p.dir)
-    if not s or s.get("recipe_hash") != p.recipe.hash():
+    if not s or not p.recipe.matches_hash(s.get("recipe_hash")):
         return None
     return {"finished": FINISHED, "failed": FAILED}.get(s.get("status"))
 

@@ -187,13 +187,20 @@ def parse_table(data: dict, path: Path) -> Table:
 
 
 def load_scale(name: str) -> Scale:
+    """A scale by name (recipes/scales/<name>.yaml) or a scale overlay file of the same form."""
     d = recipes_dir() / "scales"
     path = d / f"{name}.yaml"
     if not path.is_file():
+        path = Path(name)
+    if not path.is_file():
         have = sorted(p.stem for p in d.glob("*.yaml"))
-        raise TfkdError(f"unknown scale {name!r}; choose from: {', '.join(have)}")
+        raise TfkdError(f"unknown scale {name!r} (not a scale name, nor a file); choose from: "
+                        f"{', '.join(have)}, or a scale overlay file (recipes/scales/*.yaml shows the form)")
+    data = load_layers(path)
+    data.setdefault("scale", path.stem)  # an overlay file may leave out its name and description
+    data.setdefault("description", f"scale overlay {path}")
     try:
-        s = _coerce(load_layers(path), Scale, "scale")
+        s = _coerce(data, Scale, "scale")
     except TfkdError as e:
         raise TfkdError(f"{path}: {e}") from None
     if s.epoch_factor <= 0:
