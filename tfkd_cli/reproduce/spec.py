@@ -18,7 +18,8 @@ A table recipe declares
 A scale overlay (recipes/scales/<scale>.yaml) declares `epoch_factor` (epochs, milestones,
 kept epochs and teacher epochs scale in proportion), `overrides` merged into every run, and
 `per_model` overrides merged into the runs of one model after those (e.g. a narrower width
-for a model that would otherwise dominate the scale's compute).
+for a model that would otherwise dominate the scale's compute). `--scale` takes a scale's
+name or the path of such a file (its `scale:` name defaults to the file's stem).
 """
 
 from __future__ import annotations
