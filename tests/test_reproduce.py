@@ -20,6 +20,8 @@ from click.testing import CliRunner
 from tfkd_cli.cli import cli
 from tfkd_cli.recipe import recipes_dir
 
+pytestmark = pytest.mark.slow  # real training processes: minutes; deselect with -m "not slow"
+
 PAPER_DEKD = ["70.65", "71.82", "71.45", "72.11", "77.23", "71.52", "72.26", "77.28"]
 
 
