@@ -9,79 +9,20 @@ The message shapes are listed in docs/errors.md.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from tfkd_cli import checkpoint as ckpt_io
 from tfkd_cli import rundir
-from tfkd_cli.cli import cli
 from tfkd_cli.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--dataset", "digits", "--quiet", "--set", "width=0.125", "--set", "runtime.threads=1",
-          "--device", "cpu", "--epochs", "1"]
-TEACH = ["train-teacher", *COMMON]
+from conftest import DIGITS, TEACH, cli_env, dump, fail, make_layout, run_cli, snapshot, synthetic_batch
 
-
-def fail(args: list, exit_code: int = 2) -> str:
-    """Invoke the CLI in-process; assert the one-line error contract; return the line."""
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    assert isinstance(r.exception, SystemExit), f"uncaught {r.exception!r}\n{r.output}"
-    assert r.exit_code == exit_code, f"exit {r.exit_code}: {r.output}"
-    assert "Traceback" not in r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{r.stderr}"
-    assert lines[0].startswith("tfkd: error: "), lines[0]
-    return lines[0]
-
-
-def snapshot(d: Path) -> dict:
-    """Every file under `d` with its bytes and modification time."""
-    return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A finished one-epoch resnet18 run on digits (10 classes)."""
-    out = tmp_path_factory.mktemp("runs") / "r18"
-    r = CliRunner().invoke(cli, [*TEACH, "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    return out
-
-
-@pytest.fixture
-def run(finished_run, tmp_path) -> Path:
-    """A private copy of the finished run, to be left untouched by the failing command."""
-    out = tmp_path / "run"
-    shutil.copytree(finished_run, out)
-    return out
-
-
-def _dump(path: Path, obj) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def _batch(n: int, num_classes: int, seed: int) -> dict:
-    rng = np.random.RandomState(seed)
-    return {"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
-            "fine_labels": [i % num_classes for i in range(n)]}
-
-
-def make_layout(d: Path, num_classes: int = 12, n_train: int = 96, n_test: int = 24) -> Path:
-    """A crafted dataset in the CIFAR-100 python layout (train, test, meta pickles)."""
-    d.mkdir(parents=True, exist_ok=True)
-    _dump(d / "train", _batch(n_train, num_classes, 1))
-    _dump(d / "test", _batch(n_test, num_classes, 2))
-    _dump(d / "meta", {"fine_label_names": [f"c{i}" for i in range(num_classes)]})
-    return d
+COMMON = [*DIGITS, "--epochs", "1"]
 
 
 # --------------------------------------------------------------------------- recipes
@@ -155,7 +96,7 @@ def test_missing_cifar_layout_folder(tmp_path):
 
 
 def test_corrupt_dataset_pickle(tmp_path):
-    d = make_layout(tmp_path / "layout")
+    d = make_layout(tmp_path / "layout", n_train=96, n_test=24)
     raw = (d / "train").read_bytes()
     (d / "train").write_bytes(raw[: len(raw) // 2])
     line = fail(["train-teacher", "--dataset", "cifar-layout", "--data-root", d, "--quiet", "--out", tmp_path / "out"])
@@ -171,14 +112,14 @@ def test_corrupt_dataset_archive(tmp_path):
 
 
 def test_out_of_range_labels(tmp_path):
-    d = make_layout(tmp_path / "layout", num_classes=12)
-    b = _batch(96, 12, 1)
+    d = make_layout(tmp_path / "layout", n_train=96, n_test=24, num_classes=12)
+    b = synthetic_batch(96, 12, 1)
     b["fine_labels"][7] = 12  # 12 classes: labels 0..11
-    _dump(d / "train", b)
+    dump(d / "train", b)
     line = fail(["train-teacher", "--dataset", "cifar-layout", "--data-root", d, "--quiet", "--out", tmp_path / "out"])
     assert f"{d / 'train'}: label 12 at index 7 is out of range; expected 0..11 (12 classes)" in line
     b["fine_labels"][7] = -1
-    _dump(d / "train", b)
+    dump(d / "train", b)
     assert "label -1 at index 7 is out of range" in fail(
         ["train-teacher", "--dataset", "cifar-layout", "--data-root", d, "--quiet", "--out", tmp_path / "out"])
 
@@ -332,7 +273,7 @@ def test_official_teacher_checkpoint_that_does_not_fit(tmp_path):
 
 
 def test_teacher_class_count_differs_from_dataset(run, tmp_path):
-    d = make_layout(tmp_path / "layout", num_classes=12)
+    d = make_layout(tmp_path / "layout", n_train=96, n_test=24, num_classes=12)
     line = fail(["distill", "--student", "mobilenetv2", "--dataset", "cifar-layout", "--data-root", d, "--quiet",
                  "--teacher", run, "--out", tmp_path / "s"])
     assert line == f"tfkd: error: {run / 'best.pt'} is a 10-class resnet18; the dataset has 12 classes"
@@ -419,10 +360,9 @@ def test_real_process_prints_one_line(finished_run, tmp_path):
         ([*TEACH, "--out", finished_run], "already holds a finished run"),
     ]
     before = snapshot(finished_run)
-    env = {k: v for k, v in os.environ.items() if k != "TFKD_FAULT"}
+    env = cli_env()
     for args, expect in cases:
-        p = subprocess.run([sys.executable, "-m", "tfkd_cli", *map(str, args)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+        p = run_cli(args, env=env, timeout=120)
         assert p.returncode == 2, p.stderr
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tfkd: error: ") and expect in lines[0], p.stderr

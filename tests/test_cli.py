@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from tfkd_cli.cli import cli
 from tfkd_cli.models import build_model
 
+from conftest import run_cli
+
 TINY = ["--dataset", "digits", "--epochs", "1", "--width", "0.125", "--quiet", "--device", "cpu"]
 
 
@@ -210,13 +212,8 @@ def test_channels_last_on_a_multithreaded_cpu_is_turned_off_not_crashed(tmp_path
     """torch 2.14's CPU backward of a strided 1x1 conv in channels_last segfaults on odd batches
     with >1 thread; digits' last batch (1437 % 128 = 29) is odd and ResNet18 has such convs.
     A subprocess, so that a crash fails this test instead of killing the test session."""
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "tfkd_cli", "train-teacher", *TINY, "--channels-last",
-                        "--set", f"runtime.threads={threads}", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    p = run_cli(["train-teacher", *TINY, "--channels-last", "--set", f"runtime.threads={threads}", "--out", out])
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["channels_last"] is kept
     assert ("channels_last is off" in p.stderr) is (not kept)

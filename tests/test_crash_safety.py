@@ -15,7 +15,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,9 +27,11 @@ from tfkd_cli import checkpoint as ckpt_io
 from tfkd_cli import engine, rundir
 from tfkd_cli.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--dataset", "digits", "--quiet", "--set", "width=0.125", "--set", "runtime.threads=1",
-          "--device", "cpu"]
+from conftest import DIGITS, ROOT, cli_cmd, cli_env, run_cli
+
+pytestmark = pytest.mark.slow  # real training processes: minutes; deselect with -m "not slow"
+
+COMMON = DIGITS
 # 1,437 images / batch 64 = 23 steps per epoch; mid-epoch checkpoints after steps 5, 10, 15, 20.
 TEACHER = ["train-teacher", *COMMON, "--epochs", "3", "--checkpoint-every", "5"]
 # mobilenetv2 KD student of the reference teacher; mid-epoch checkpoints after steps 7, 14, 21.
@@ -44,11 +45,8 @@ TIMEOUT = 300
 def tfkd(args: list, out: Path, *, fault: str | None = None, resume: bool = False,
          check_rc: int | None = None) -> subprocess.CompletedProcess:
     """Run `python -m tfkd_cli ARGS --out OUT` to its end (or its fault)."""
-    env = {k: v for k, v in os.environ.items() if k != "TFKD_FAULT"}
-    if fault:
-        env["TFKD_FAULT"] = fault
-    cmd = [sys.executable, "-m", "tfkd_cli", *map(str, args), "--out", str(out)] + (["--resume"] if resume else [])
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    env = cli_env(**({"TFKD_FAULT": fault} if fault else {}))
+    p = run_cli([*args, "--out", out] + (["--resume"] if resume else []), env=env, timeout=TIMEOUT)
     if check_rc is not None:
         assert p.returncode == check_rc, f"rc {p.returncode} (want {check_rc}) for {fault}:\n{p.stderr}"
     return p
@@ -181,8 +179,7 @@ def _wait_for(pred, proc: subprocess.Popen, what: str, timeout: float = TIMEOUT)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_checkpoints_and_resume_is_exact(ref_teacher, tmp_path, sig):
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "TFKD_FAULT"}
-    proc = subprocess.Popen([sys.executable, "-m", "tfkd_cli", *TEACHER, "--out", str(run)], cwd=ROOT, env=env,
+    proc = subprocess.Popen(cli_cmd([*TEACHER, "--out", run]), cwd=ROOT, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: (run / rundir.LAST).is_file(), proc, "the first checkpoint")
@@ -207,8 +204,7 @@ def test_signal_checkpoints_and_resume_is_exact(ref_teacher, tmp_path, sig):
 
 def test_second_process_on_a_run_refuses(ref_teacher, tmp_path):
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "TFKD_FAULT"}
-    proc = subprocess.Popen([sys.executable, "-m", "tfkd_cli", *TEACHER, "--out", str(run)], cwd=ROOT, env=env,
+    proc = subprocess.Popen(cli_cmd([*TEACHER, "--out", run]), cwd=ROOT, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = run / rundir.LOCK

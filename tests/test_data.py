@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -25,32 +26,11 @@ from tfkd_cli.data.readers import CIFAR100_MEAN, CIFAR100_STD, DIGITS_MEAN, DIGI
 from tfkd_cli.data.reference import ReferenceDataset, official_test_transform, official_train_transform
 from tfkd_cli.errors import TfkdError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SAMPLE20 = SHARED / "cifar-100-python-sample20"
-needs_sample20 = pytest.mark.skipif(not (SAMPLE20 / "test").is_file(), reason="shared/data sample20 not present")
+from conftest import SAMPLE20, dump, make_layout, synthetic_batch
+
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _dump(path: Path, obj) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def _synthetic_batch(n: int, num_classes: int, seed: int, label_key: str = "fine_labels") -> dict:
-    rng = np.random.RandomState(seed)
-    labels = [i % num_classes for i in range(n)]
-    rng.shuffle(labels)
-    return {"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8), label_key: labels,
-            "filenames": [f"img{i}.png" for i in range(n)], "batch_label": "synthetic"}
-
-
-def _make_layout(d: Path, n_train=240, n_test=60, num_classes=12, label_key="fine_labels") -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    _dump(d / "train", _synthetic_batch(n_train, num_classes, 1, label_key))
-    _dump(d / "test", _synthetic_batch(n_test, num_classes, 2, label_key))
-    _dump(d / "meta", {"fine_label_names": [f"class{i}" for i in range(num_classes)]})
-    return d
 
 
 def _pil_reference(img_chw: torch.Tensor, top: int, left: int, flip: bool, angle: float, pad: int = 4) -> torch.Tensor:
@@ -65,7 +45,7 @@ def _pil_reference(img_chw: torch.Tensor, top: int, left: int, flip: bool, angle
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory) -> Path:
-    return _make_layout(tmp_path_factory.mktemp("layout") / "synth")
+    return make_layout(tmp_path_factory.mktemp("layout") / "synth")
 
 
 # --------------------------------------------------------------------------- readers
@@ -83,7 +63,6 @@ def test_registry_and_default_root(monkeypatch):
     assert default_root() == Path("data")
 
 
-@needs_sample20
 def test_cifar100_sample20_folder_and_tarball(tmp_path):
     with open(SAMPLE20 / "test", "rb") as f:
         raw = pickle.load(f, encoding="latin1")
@@ -101,8 +80,8 @@ def test_cifar100_sample20_folder_and_tarball(tmp_path):
     folder.mkdir(parents=True)
     shutil.copy(SAMPLE20 / "test", folder / "test")
     shutil.copy(SAMPLE20 / "meta", folder / "meta")
-    train = _synthetic_batch(300, 100, 7)
-    _dump(folder / "train", train)
+    train = synthetic_batch(300, 100, 7)
+    dump(folder / "train", train)
     xf, yf, cf = read_split("cifar100", tmp_path / "dir", "test")
     assert torch.equal(xf, x) and torch.equal(yf, y) and cf == classes
 
@@ -121,7 +100,6 @@ def test_cifar100_sample20_folder_and_tarball(tmp_path):
     assert (data.num_train, data.num_test, data.num_classes, data.steps_per_epoch) == (300, 20, 100, 3)
 
 
-@needs_sample20
 def test_test_only_copy_builds_but_training_needs_train():
     data = build_data("cifar100", SAMPLE20)
     assert data.num_test == 20 and not data.has_train and data.num_train == 0
@@ -135,6 +113,14 @@ def test_test_only_copy_builds_but_training_needs_train():
         read_split("cifar100", SAMPLE20, "train")
 
 
+def test_tiny100_stand_in_reads_as_cifar_layout(tiny100):
+    """The real data of --scale mini: 100 classes, 50 test images each, the files the data README lists."""
+    assert hashlib.md5((tiny100 / "test").read_bytes()).hexdigest() == "967d48860f1d8b57bc5a03c89b3a20b0"
+    x, y, classes = read_split("cifar-layout", tiny100, "test")
+    assert x.shape == (5000, 3, 32, 32) and x.dtype == torch.uint8 and len(classes) == 100
+    assert torch.bincount(y, minlength=100).tolist() == [50] * 100
+
+
 def test_cifar_layout(layout, tmp_path):
     x, y, classes = read_split("cifar-layout", layout, "train")
     assert x.shape == (240, 3, 32, 32) and len(classes) == 12
@@ -146,9 +132,9 @@ def test_cifar_layout(layout, tmp_path):
     # 'labels' instead of 'fine_labels' (and label_names) is accepted too
     other = tmp_path / "other"
     other.mkdir()
-    _dump(other / "train", _synthetic_batch(30, 3, 1, "labels"))
-    _dump(other / "test", _synthetic_batch(9, 3, 2, "labels"))
-    _dump(other / "meta", {"label_names": ["a", "b", "c"]})
+    dump(other / "train", synthetic_batch(30, 3, 1, "labels"))
+    dump(other / "test", synthetic_batch(9, 3, 2, "labels"))
+    dump(other / "meta", {"label_names": ["a", "b", "c"]})
     assert build_data("cifar-layout", other).num_classes == 3
 
 
@@ -156,9 +142,9 @@ def test_cifar10_layout(tmp_path):
     d = tmp_path / "cifar-10-batches-py"
     d.mkdir()
     for i in range(1, 6):
-        _dump(d / f"data_batch_{i}", _synthetic_batch(20, 10, i, "labels"))
-    _dump(d / "test_batch", _synthetic_batch(10, 10, 9, "labels"))
-    _dump(d / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+        dump(d / f"data_batch_{i}", synthetic_batch(20, 10, i, "labels"))
+    dump(d / "test_batch", synthetic_batch(10, 10, 9, "labels"))
+    dump(d / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
     data = build_data("cifar10", tmp_path, augment=False, batch_size=32)
     assert (data.num_train, data.num_test, data.num_classes) == (100, 10, 10)
     x, y, _ = read_split("cifar10", tmp_path, "train")
@@ -376,26 +362,26 @@ def test_missing_files_message(tmp_path):
 
 
 def test_bad_label_corrupt_pickle_bad_shape(tmp_path):
-    d = _make_layout(tmp_path / "bad", n_train=24, n_test=12, num_classes=4)
-    batch = _synthetic_batch(12, 4, 3)
+    d = make_layout(tmp_path / "bad", n_train=24, n_test=12, num_classes=4)
+    batch = synthetic_batch(12, 4, 3)
     batch["fine_labels"][5] = 7
-    _dump(d / "test", batch)
+    dump(d / "test", batch)
     with pytest.raises(TfkdError, match=r"bad/test: label 7 at index 5 is out of range; expected 0\.\.3"):
         build_data("cifar-layout", d)
-    (d / "test").write_bytes(pickle.dumps(_synthetic_batch(12, 4, 3), protocol=2)[:500])  # truncated
+    (d / "test").write_bytes(pickle.dumps(synthetic_batch(12, 4, 3), protocol=2)[:500])  # truncated
     with pytest.raises(TfkdError, match=r"corrupt or truncated pickle .*bad/test"):
         read_split("cifar-layout", d, "test")
     (d / "test").write_bytes(b"this is not a pickle")
     with pytest.raises(TfkdError, match="corrupt or truncated pickle"):
         read_split("cifar-layout", d, "test")
-    batch = _synthetic_batch(12, 4, 3)
+    batch = synthetic_batch(12, 4, 3)
     batch["data"] = batch["data"][:, :1000]
-    _dump(d / "test", batch)
+    dump(d / "test", batch)
     with pytest.raises(TfkdError, match=r"'data' has shape \(12, 1000\); expected \(N, 3072\)"):
         read_split("cifar-layout", d, "test")
-    batch = _synthetic_batch(12, 4, 3)
+    batch = synthetic_batch(12, 4, 3)
     batch["fine_labels"] = batch["fine_labels"][:10]
-    _dump(d / "test", batch)
+    dump(d / "test", batch)
     with pytest.raises(TfkdError, match="12 integer labels"):
         read_split("cifar-layout", d, "test")
 
@@ -411,9 +397,9 @@ def test_bad_label_corrupt_pickle_bad_shape(tmp_path):
 def test_corrupt_tarball(tmp_path):
     folder = tmp_path / "src" / "cifar-100-python"
     folder.mkdir(parents=True)
-    _dump(folder / "train", _synthetic_batch(20, 100, 1))
-    _dump(folder / "test", _synthetic_batch(20, 100, 2))
-    _dump(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
+    dump(folder / "train", synthetic_batch(20, 100, 1))
+    dump(folder / "test", synthetic_batch(20, 100, 2))
+    dump(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(folder, arcname="cifar-100-python")

@@ -31,8 +31,9 @@ from tfkd_cli.data import build_data
 from tfkd_cli.loading import load_model
 from tfkd_cli.metrics import evaluate
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.slow,  # real training processes: minutes; deselect with -m "not slow"
+              pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                 reason="torch.distributed with gloo is not available")]
 
 WORLD = 2
 EPOCHS = 2

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,10 @@ from click.testing import CliRunner
 
 from tfkd_cli.cli import cli
 from tfkd_cli.recipe import recipes_dir
+
+from conftest import cli_cmd
+
+pytestmark = pytest.mark.slow  # real training processes: minutes; deselect with -m "not slow"
 
 PAPER_DEKD = ["70.65", "71.82", "71.45", "72.11", "77.23", "71.52", "72.26", "77.28"]
 
@@ -38,7 +41,7 @@ def recipes(tmp_path_factory):
 
 def tfkd(recipes, *args, **kw):
     env = {**os.environ, "TFKD_RECIPES": str(recipes), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tfkd_cli", *map(str, args)], env=env,
+    return subprocess.Popen(cli_cmd(args), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -101,6 +104,28 @@ def test_rerun_skips_finished_runs(table3, recipes):
     assert p.returncode == 0, out
     assert "13 already done, 0 to run" in out
     assert finished_runs(base / "runs") == before
+
+
+def test_results_name_runs_relative_to_the_runs_folder(table3, recipes, tmp_path):
+    """No machine path in a committed table: runs and teacher files are relative to --runs-dir,
+    and --report-only from another folder, given --runs-dir, finds the same runs."""
+    base, _ = table3
+    data = json.loads((base / "results" / "table.json").read_text())
+    cells = [c for r in data["rows"] for c in r["cells"].values() if c.get("run")]
+    runs = [d for c in cells for d in c["runs"]]
+    files = [t["file"] for c in cells for t in c["teachers"]]
+    assert runs and files
+    assert not [p for p in runs + files if Path(p).is_absolute()]
+    assert all((base / "runs" / d / "summary.json").is_file() for d in runs)
+    assert all((base / "runs" / f).is_file() for f in files)
+    assert str(base) not in (base / "results" / "table.md").read_text()
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--report-only", "--runs-dir", base / "runs",
+             "--out", tmp_path / "again", cwd=tmp_path)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    again = json.loads((tmp_path / "again" / "table.json").read_text())
+    assert [c["runs"] for r in again["rows"] for c in r["cells"].values() if c.get("run")] == [c["runs"] for c in cells]
+    assert again["rows"] == data["rows"]
 
 
 def test_dry_run_lists_plan(recipes, tmp_path):

@@ -2,8 +2,8 @@
 
 Checks the declarative side of `tfkd reproduce`: the recipes load, plans build with
 dependencies first, shared teachers are planned once, the official hyper-parameters
-(shared/paper/tables.md §2.4/§2.5) come out exactly, scales scale, and every paper number
-of shared/paper/tables.yaml sits in the right cell.
+(recipes/paper/tables.md §2.4/§2.5) come out exactly, scales scale, and every paper number
+of recipes/paper/tables.yaml sits in the right cell.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
 from tfkd_cli.reproduce.spec import index, load_scale, load_table, resolve_id, table_ids
 
-TABLES_YAML = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "tables.yaml"
+TABLES_YAML = Path(__file__).resolve().parents[1] / "recipes" / "paper" / "tables.yaml"
 SCALES = ("paper", "mini", "smoke")
 SEEDS = [0, 1]
 CIFAR_TABLES = ("table1", "table3", "tfkd-self-cifar100", "tfkd-reg-cifar100")

@@ -34,6 +34,15 @@ def _epoch_top1(run: Path, epoch: int) -> Optional[float]:
     return None
 
 
+def _in_runs(path: str, runs_dir: Path) -> str:
+    """A path inside the runs folder as relative to it, so that a committed table names no
+    machine's folders and a reader finds the run as `--runs-dir / path`; others as given."""
+    try:
+        return Path(path).relative_to(runs_dir).as_posix()
+    except ValueError:
+        return path
+
+
 def _release_top1(p: PlannedRun, epoch, plan: list[PlannedRun]) -> Optional[float]:
     """A released teacher's test top-1, as measured by a student that distilled from it."""
     for q in plan:
@@ -58,7 +67,7 @@ def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[Planned
         s = rundir.read_summary(p.dir)
         if not s or s.get("status") != "finished":
             continue
-        dirs.append(str(p.dir))
+        dirs.append(_in_runs(str(p.dir), p.dir.parent))
         if cell.epoch is not None:
             v = _epoch_top1(p.dir, scale_epoch(cell.epoch, factor))
             if v is None:
@@ -73,7 +82,7 @@ def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[Planned
         train.append(l.get("train_top1"))
         if s.get("teacher"):
             t = s["teacher"]
-            teachers.append({"source": t["source"], "file": t["file"], "sha256": t["sha256"],
+            teachers.append({"source": t["source"], "file": _in_runs(t["file"], p.dir.parent), "sha256": t["sha256"],
                              "top1": t.get("test", {}).get("top1")})
     return {"values": vals, "best": best, "last": last, "train": [t for t in train if t is not None],
             "dirs": dirs, "teachers": teachers}

@@ -1,7 +1,7 @@
 """Table recipes and scale overlays: what a paper table is, as data.
 
 recipes/tables/index.yaml is the one place that maps a table id (and its aliases) to a
-recipe file: the paper's own table numbers are unverified (shared/paper/tables.md §0),
+recipe file: the paper's own table numbers are unverified (recipes/paper/tables.md §0),
 so a correction changes only that file.
 
 A table recipe declares
