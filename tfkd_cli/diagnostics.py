@@ -47,10 +47,6 @@ from tfkd_cli.losses import virtual_teacher
 Grads = tuple[Tensor, Optional[Tensor]]  # (label term, teacher term or None) batch-loss gradients
 
 
-def share(self) -> Optional[float]:
-        return share(self.label, self.teacher)
-
-
 def share(g_label: float, g_teacher: float) -> Optional[float]:
     """teacher_share = g_teacher / (g_label + g_teacher); None when both are 0 (undefined)."""
     total = g_label + g_teacher
@@ -159,9 +155,8 @@ def term_norms(method: str, z: Tensor, y: Tensor, t: Optional[Tensor] = None, **
     epsilon, semantics), plus `uniform_teacher` (kd, kd_self, tfkd_reg) and `label_weight`
     (ce); others are ignored, as `build_loss` does."""
     with torch.no_grad():
-        zw = _wide(z)
-        label, teacher = term_grads(method, zw, y, t, **params)
-        return torch.stack([_norm(label, zw), _norm(teacher, zw)])
+        label, teacher = term_grads(method, z, y, t, **params)
+        return torch.stack([_norm(label, label), _norm(teacher, label)])
 
 
 @dataclass
