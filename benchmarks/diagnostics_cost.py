@@ -12,6 +12,8 @@ One run measures, at batch 128 and K = 100 (CIFAR-100 shape, 3x32x32 inputs):
 
 The inputs are random: neither cost depends on the pixel values. On CUDA every timing is
 bracketed by torch.cuda.synchronize(), so the diagnostics' kernel launches are counted in full.
+On the CPU the clock is the thread's CPU time (time.thread_time) and --threads defaults to 1:
+on a shared machine wall time mostly measures the neighbours (a 200 us call read 7 ms).
 
     PYTHONPATH=. python benchmarks/diagnostics_cost.py --threads 1
 """
@@ -58,12 +60,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _clock(device: torch.device):
+    """CPU: this thread's CPU time (with one torch thread every op runs on it, and time spent
+    preempted by other processes on a shared machine is not counted); CUDA: wall time."""
+    return time.thread_time if device.type == "cpu" else time.perf_counter
+
+
 def _timed(fn, device: torch.device) -> float:
+    clock = _clock(device)
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def ce_step_s(width: float, args, device: torch.device) -> float:
@@ -112,8 +121,9 @@ def main():
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    clock = "thread CPU time" if device.type == "cpu" else "wall time"
     print(f"# diagnostics cost on {hw} ({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads) | "
-          f"{device} | torch {torch.__version__} | batch {N}, K {K}")
+          f"{device} | torch {torch.__version__} | batch {N}, K {K} | clock: {clock}")
     t0 = time.time()
     diag = {}
     for method, params in METHODS:
