@@ -1,0 +1,134 @@
+"""Verdicts on fixtures: cells copied from the committed mini/smoke tables (results/*/table.json,
+per-cell mean, std, n, last-epoch test and final train top-1) plus hand-made controls."""
+
+import pytest
+
+from tfkd_cli.reproduce.report import _noise
+from tfkd_cli.reproduce.verdicts import (Thresholds, Verdict, beats_controls, claim_verdict, fit_gap,
+                                         inconclusive_reason, not_trained, two_se)
+
+
+def cell(mean, std=0.5, n=2, train=None, last=None):
+    return {"mean": mean, "std": std, "n": n, "train_top1_mean": train, "last_mean": last}
+
+
+# results/table3/mini and results/tfkd-reg-cifar100/mini (tiny100-32, K=100: chance 1%)
+MV2_BASE = cell(5.66, 1.47, train=9.40, last=5.55)
+MV2_DEKD_R50 = cell(2.69, 0.04, train=2.175, last=2.52)  # above 2x chance, below half the baseline
+MV2_DEKD_R18 = cell(1.88, 0.31, train=1.95, last=1.78)
+MV2_LSR = cell(5.12, 0.93, train=7.375, last=5.08)
+R18_BASE = cell(10.16, 0.14, train=19.675, last=10.14)
+R18_DEKD = cell(11.65, 0.01, train=22.775, last=11.34)
+R18_REG = cell(10.97, 0.41, train=23.2, last=10.9)
+R18_KD = cell(11.08, 0.17, train=21.65, last=10.92)
+GOOG_BASE = cell(7.09, 0.83, train=7.7, last=6.92)
+GOOG_REG = cell(6.51, 0.44, train=6.03, last=6.38)
+# results/table3/smoke (digits, K=10: chance 10%; 1 seed)
+SMOKE_SV2_BASE = cell(17.22, 0.0, n=1, train=11.62, last=17.22)
+SMOKE_R18_BASE = cell(81.94, 0.0, n=1, train=78.43, last=81.94)
+SMOKE_R18_DEKD = cell(30.56, 0.0, n=1, train=26.65, last=30.56)
+
+
+def test_starved_students_are_inconclusive_not_no():
+    """The mini De-KD students that print `no (-3.78)` today: they never trained."""
+    v = claim_verdict("improves", MV2_DEKD_R18, MV2_BASE, MV2_BASE, chance=1.0, regularisation=True,
+                      names=("dekd", "student"))
+    assert v.outcome == "inconclusive"
+    assert str(v) == "inconclusive (dekd did not train: train top-1 1.95 < 2x chance (2.00))"
+    v = claim_verdict("improves", MV2_DEKD_R50, MV2_BASE, MV2_BASE, chance=1.0, regularisation=True,
+                      names=("dekd", "student"))
+    assert str(v) == "inconclusive (dekd did not train: train top-1 2.17 < 0.5x the baseline's (9.40))"
+
+
+def test_regularisation_claim_needs_an_overfitting_baseline():
+    # MobileNetV2 baseline: train 9.40 - last test 5.55 = 3.85 < 5 points
+    v = claim_verdict("improves", MV2_LSR, MV2_BASE, MV2_BASE, chance=1.0, regularisation=True)
+    assert v.outcome == "inconclusive" and "does not over-fit: train - test = +3.85 < 5 points" in v.reason
+    # GoogLeNet: 0.78 points
+    v = claim_verdict("improves", GOOG_REG, GOOG_BASE, GOOG_BASE, chance=1.0, regularisation=True)
+    assert v.outcome == "inconclusive" and "+0.78" in v.reason
+    # the same comparison as a non-regularisation claim is decided
+    assert claim_verdict("improves", MV2_LSR, MV2_BASE, MV2_BASE, chance=1.0, regularisation=False) == Verdict("no")
+
+
+def test_resnet18_rows_are_decided():
+    """ResNet18 fits its training set (gap 9.5 points) and every student trained: yes / no stand."""
+    assert fit_gap(R18_BASE) == pytest.approx(9.535)
+    assert claim_verdict("improves", R18_DEKD, R18_BASE, R18_BASE, chance=1.0, regularisation=True) == Verdict("yes")
+    assert claim_verdict("improves", R18_BASE, R18_DEKD, R18_BASE, chance=1.0, regularisation=False) == Verdict("no")
+    # "Tf-KD_reg matches normal KD" (tolerance 2): -0.11
+    assert claim_verdict("matches", R18_REG, R18_KD, R18_BASE, chance=1.0, regularisation=False,
+                         tolerance=2.0) == Verdict("yes")
+    assert claim_verdict("matches", R18_REG, R18_KD, R18_BASE, chance=1.0, regularisation=False,
+                         tolerance=0.0) == Verdict("no")
+
+
+def test_matches_claim_with_a_starved_side():
+    v = claim_verdict("matches", R18_REG, MV2_DEKD_R18, R18_BASE, chance=1.0, regularisation=False,
+                      names=("reg", "kd"))
+    assert v.outcome == "inconclusive" and v.reason.startswith("kd did not train")
+
+
+def test_smoke_scale():
+    """digits: a baseline at 1.2x chance did not train; a negative train - test gap (augmented,
+    epoch-averaged train accuracy after 5 epochs) makes a regularisation claim inconclusive."""
+    assert not_trained(SMOKE_SV2_BASE, "baseline", 10.0) == \
+        "baseline did not train: train top-1 11.62 < 2x chance (20.00)"
+    # ResNeXt29 -> ResNet18 De-KD: 26.65 is 2.7x chance but < half the baseline's 78.43: starved
+    v = claim_verdict("improves", SMOKE_R18_DEKD, SMOKE_R18_BASE, SMOKE_R18_BASE, chance=10.0, regularisation=True,
+                      names=("dekd", "student"))
+    assert str(v) == "inconclusive (dekd did not train: train top-1 26.65 < 0.5x the baseline's (78.43))"
+    # a student that trained still meets a baseline that does not over-fit (train 78.43 < test 81.94)
+    v = claim_verdict("improves", cell(80.0, 0.0, n=1, train=75.0), SMOKE_R18_BASE, SMOKE_R18_BASE, chance=10.0,
+                      regularisation=True)
+    assert str(v) == "inconclusive (baseline does not over-fit: train - test = -3.51 < 5 points)"
+
+
+def test_thresholds_and_unknowns():
+    assert not_trained(cell(1.0), "x", 1.0) is None  # no train top-1 recorded: nothing to judge by
+    strict = Thresholds(chance_multiple=3.0, baseline_fraction=0.5, min_fit_gap=12.0)
+    assert "3x chance (30.00)" in not_trained(SMOKE_R18_DEKD, "dekd", 10.0, th=strict)
+    assert "< 12 points" in inconclusive_reason(R18_DEKD, R18_BASE, R18_BASE, chance=1.0, regularisation=True, th=strict)
+    assert claim_verdict("improves", cell(None), R18_BASE, R18_BASE, chance=1.0, regularisation=True) == Verdict("n/a")
+    assert fit_gap({"train_top1_mean": 9.0, "mean": 5.0}) == 4.0  # falls back to the reported top-1
+
+
+@pytest.mark.parametrize("a,b", [(cell(10.0, 0.4), cell(9.0, 0.3)), (cell(10.0, 1.0, n=3), cell(9.5, 0.2, n=2)),
+                                 (cell(10.0, 0.0, n=1), cell(9.0, 0.3))])
+def test_two_se_is_report_noise(a, b):
+    """One noise definition: `two_se` says clear exactly when report._noise does."""
+    gain = a["mean"] - b["mean"]
+    noise = two_se(a, b)
+    want = _noise(gain, a, b)
+    if noise is None:
+        assert want == "1 seed"
+    else:
+        assert want == ("clear" if abs(gain) > noise else "within noise")
+
+
+def test_beats_controls():
+    trained = dict(train=20.0, n=2)
+    treated = cell(12.0, 0.2, **trained)
+    uniform = cell(11.0, 0.2, **trained)
+    scaled_ce = cell(10.5, 0.3, **trained)
+    assert beats_controls(treated, {"uniform teacher": uniform, "ce x 0.4": scaled_ce}, R18_BASE,
+                          chance=1.0) == Verdict("yes")
+    close = cell(11.8, 0.3, **trained)  # +0.20, 2 se = 0.51
+    v = beats_controls(treated, {"uniform teacher": close, "ce x 0.4": scaled_ce}, R18_BASE, chance=1.0)
+    assert str(v) == "no (+0.20 over uniform teacher, within noise)"
+    above = cell(13.0, 0.1, **trained)
+    assert str(beats_controls(treated, {"uniform teacher": above}, R18_BASE, chance=1.0)) == \
+        "no (-1.00 over uniform teacher)"
+    # a starved control still counts: the label term alone could not train, the teacher did it
+    starved = cell(1.5, 0.1, n=2, train=1.6)
+    assert beats_controls(treated, {"ce x 0.05": starved}, R18_BASE, chance=1.0) == Verdict("yes")
+
+
+def test_beats_controls_inconclusive():
+    ctrl = cell(9.0, 0.2, train=20.0)
+    assert beats_controls(MV2_DEKD_R18, {"u": ctrl}, MV2_BASE, chance=1.0).reason.startswith("treated did not train")
+    assert beats_controls(R18_DEKD, {}, R18_BASE, chance=1.0) == Verdict("inconclusive", "no controls")
+    assert beats_controls(R18_DEKD, {"u": cell(None)}, R18_BASE, chance=1.0) == Verdict("inconclusive", "control u not run")
+    one = cell(9.0, 0.0, n=1, train=20.0)
+    assert beats_controls(R18_DEKD, {"u": one}, R18_BASE, chance=1.0).reason == "1 seed: the noise against u is unknown"
+    assert beats_controls(cell(None), {"u": ctrl}, R18_BASE, chance=1.0) == Verdict("n/a")

@@ -1,0 +1,141 @@
+"""Claim verdicts that say when a claim was not tested: `yes`, `no` or `inconclusive (<reason>)`.
+
+Pure functions of results-table cells (the dicts `report.build_results` makes: mean, std, n,
+last_mean, train_top1_mean, all top-1 in %). The thresholds and the data behind them are in
+docs/verdicts.md. A claim is inconclusive when
+
+* a run it compares did not train: its final train top-1 is below `chance_multiple` x chance,
+  or below `baseline_fraction` x the train top-1 of its row's CE baseline; or
+* it is a regularisation claim (a regulariser `improves` on a CE baseline) and that baseline
+  does not fit its training set better than its test set: train - test < `min_fit_gap` points
+  (a regulariser has nothing to correct in a model that does not over-fit).
+
+The second verdict, `beats_controls`, asks whether a gain is attributable to the teacher: the
+treated cell must beat every control (the uniform-teacher run and ce with label_weight = 1 - a)
+by more than two standard errors over seeds, the noise definition of `report._noise`
+(se = sqrt(std_a^2/n_a + std_b^2/n_b)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+Outcome = Literal["yes", "no", "inconclusive", "n/a"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    chance_multiple: float = 2.0  # trained: final train top-1 >= 2 x chance
+    baseline_fraction: float = 0.5  # trained: >= half of its row's CE baseline's train top-1
+    min_fit_gap: float = 5.0  # regularisation claim: baseline train - test >= 5 points
+
+
+DEFAULT = Thresholds()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    reason: Optional[str] = None  # why inconclusive (or a qualifier such as "within noise")
+
+    def __str__(self) -> str:
+        return self.outcome if self.reason is None else f"{self.outcome} ({self.reason})"
+
+
+def _f(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def not_trained(cell: dict, name: str, chance: float, baseline: Optional[dict] = None,
+                th: Thresholds = DEFAULT) -> Optional[str]:
+    """Why `cell` did not train, or None when it did (or its train top-1 is unknown: nothing
+    to judge by). `chance` is 100/K %; `baseline` the row's CE baseline cell (None for itself)."""
+    train = cell.get("train_top1_mean")
+    if train is None:
+        return None
+    floor = th.chance_multiple * chance
+    if train < floor:
+        return f"{name} did not train: train top-1 {_f(train)} < {th.chance_multiple:g}x chance ({_f(floor)})"
+    ref = None if baseline is None else baseline.get("train_top1_mean")
+    if ref is not None and train < th.baseline_fraction * ref:
+        return (f"{name} did not train: train top-1 {_f(train)} < {th.baseline_fraction:g}x "
+                f"the baseline's ({_f(ref)})")
+    return None
+
+
+def fit_gap(baseline: dict) -> Optional[float]:
+    """Final train top-1 minus last-epoch test top-1 (reported top-1 when last is unknown)."""
+    train = baseline.get("train_top1_mean")
+    test = baseline.get("last_mean") if baseline.get("last_mean") is not None else baseline.get("mean")
+    return None if train is None or test is None else train - test
+
+
+def inconclusive_reason(treated: dict, compared: dict, baseline: dict, *, chance: float,
+                        regularisation: bool, names: tuple[str, str] = ("treated", "baseline"),
+                        th: Thresholds = DEFAULT) -> Optional[str]:
+    """The first reason a claim `treated` vs `compared` was not tested, else None.
+
+    `baseline` is the row's CE baseline (for an `improves` claim it is `compared` itself)."""
+    for cell, name in ((baseline, "baseline"), (treated, names[0]), (compared, names[1])):
+        why = not_trained(cell, name, chance, None if cell is baseline else baseline, th)
+        if why:
+            return why
+    if regularisation:
+        gap = fit_gap(baseline)
+        if gap is not None and gap < th.min_fit_gap:
+            return f"baseline does not over-fit: train - test = {gap:+.2f} < {th.min_fit_gap:g} points"
+    return None
+
+
+def claim_verdict(kind: str, treated: dict, compared: dict, baseline: dict, *, chance: float,
+                  regularisation: bool, tolerance: float = 0.0, names: tuple[str, str] = ("treated", "baseline"),
+                  th: Thresholds = DEFAULT) -> Verdict:
+    """`improves`: treated mean > compared mean; `matches`: >= compared - tolerance; unless
+    the claim was not tested (see `inconclusive_reason`)."""
+    x, y = treated.get("mean"), compared.get("mean")
+    if x is None or y is None:
+        return Verdict("n/a")
+    why = inconclusive_reason(treated, compared, baseline, chance=chance, regularisation=regularisation,
+                              names=names, th=th)
+    if why:
+        return Verdict("inconclusive", why)
+    ok = x >= y - tolerance if kind == "matches" else x > y
+    return Verdict("yes" if ok else "no")
+
+
+def two_se(a: dict, b: dict) -> Optional[float]:
+    """2 x sqrt(std_a^2/n_a + std_b^2/n_b), as `report._noise`; None with fewer than 2 seeds."""
+    na, nb = a.get("n") or 0, b.get("n") or 0
+    if na < 2 or nb < 2:
+        return None
+    return 2 * math.sqrt(a["std"] ** 2 / na + b["std"] ** 2 / nb)
+
+
+def beats_controls(treated: dict, controls: dict[str, dict], baseline: dict, *, chance: float,
+                   th: Thresholds = DEFAULT) -> Verdict:
+    """Is the treated cell's gain attributable to the teacher (or the virtual teacher's shape)?
+
+    yes: treated mean - control mean > 2 standard errors for EVERY control (`controls`: name ->
+    cell, e.g. {"uniform teacher": ..., "ce x (1-a)": ...}); no: some control is within noise
+    of it or above it; inconclusive: a control is missing, has one seed, or the treated run did
+    not train. A control that did not train still counts: beating it is the teacher's doing."""
+    if treated.get("mean") is None:
+        return Verdict("n/a")
+    why = not_trained(baseline, "baseline", chance, None, th) or not_trained(treated, "treated", chance, baseline, th)
+    if why:
+        return Verdict("inconclusive", why)
+    if not controls:
+        return Verdict("inconclusive", "no controls")
+    worst: Optional[str] = None
+    for name, c in controls.items():
+        if c.get("mean") is None:
+            return Verdict("inconclusive", f"control {name} not run")
+        noise = two_se(treated, c)
+        if noise is None:
+            return Verdict("inconclusive", f"1 seed: the noise against {name} is unknown")
+        margin = treated["mean"] - c["mean"]
+        if margin <= noise:
+            worst = worst or (f"{margin:+.2f} over {name}" + (", within noise" if margin > -noise else ""))
+    return Verdict("no", worst) if worst else Verdict("yes")
