@@ -63,7 +63,7 @@ def setup_reference(spec: dict):
     from torch.autograd import Variable
     from torch.utils.data import DataLoader
 
-    from tfkd_cli.data.readers import read_split
+    from tfkd_cli.data.registry import read_split
     from tfkd_cli.data.reference import ReferenceDataset, official_train_transform
     from tfkd_cli.runtime import select_device
     from tfkd_cli.models import build_model

@@ -125,7 +125,7 @@ def _random_teacher(spec: dict, folder: Path) -> Path:
     import torch
 
     from tfkd_cli import checkpoint as ckpt_io
-    from tfkd_cli.data.readers import read_split
+    from tfkd_cli.data.registry import read_split
     from tfkd_cli.models import build_model
 
     classes = len(read_split("cifar-layout", spec["root"], "test")[2])

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from tfkd_cli.cli import cli
-from tfkd_cli.data.readers import DATASETS
+from tfkd_cli.data.registry import DATASETS
 from tfkd_cli.losses import METHODS, PARAMS, build_loss
 from tfkd_cli.recipe import LossCfg, Recipe, from_dict, recipes_dir, resolve_run
 from tfkd_cli.reproduce import api, cost, report

@@ -83,7 +83,7 @@ def _methods_help(default: Optional[str]) -> str:
 
 
 def _datasets_help() -> str:
-    from tfkd_cli.data.readers import DATASETS
+    from tfkd_cli.data.registry import DATASETS
 
     names = list(DATASETS)
     return ", ".join(names[:-1]) + f" or {names[-1]}."

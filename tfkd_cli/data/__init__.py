@@ -12,7 +12,8 @@ matches the official torchvision/PIL transforms pixel for pixel for the same ran
 
 from tfkd_cli.data.augment import AugParams, BatchAugmenter, apply_params, sample_params
 from tfkd_cli.data.loaders import Data, DataSpec, FolderData, InMemoryData, build_data, shard_order
-from tfkd_cli.data.readers import DATASETS, DatasetInfo, FolderSplit, default_root, read_split, scan_folder_split
+from tfkd_cli.data.readers import FolderSplit, default_root
+from tfkd_cli.data.registry import DATASETS, DatasetInfo, read_split, scan_folder_split
 
 __all__ = [
     "DATASETS", "DatasetInfo", "Data", "DataSpec", "InMemoryData", "FolderData", "FolderSplit", "build_data", "default_root",

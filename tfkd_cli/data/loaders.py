@@ -28,9 +28,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tfkd_cli.data.augment import AugParams, BatchAugmenter
-from tfkd_cli.data.readers import (
-    DatasetInfo, FolderSplit, MissingSplit, _one_line, default_root, get_info,
-)
+from tfkd_cli.data.readers import FolderSplit, MissingSplit, _one_line, default_root
+from tfkd_cli.data.registry import DatasetInfo, get_info
 from tfkd_cli.errors import TfkdError
 
 __all__ = ["Data", "DataSpec", "InMemoryData", "FolderData", "build_data", "shard_order", "mix_seed", "class_balanced_subset"]

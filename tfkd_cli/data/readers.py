@@ -1,4 +1,4 @@
-"""Dataset registry and readers.
+"""Dataset readers (the registry that names them is `data.registry`).
 
 In-memory datasets (cifar100, cifar10, cifar-layout, digits) are read into a uint8 NCHW tensor
 plus int64 labels by `read_split`. Folder datasets (tiny-imagenet, imagenet) are scanned into a
@@ -20,7 +20,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +28,7 @@ from torch import Tensor
 
 from tfkd_cli.errors import TfkdError
 
-__all__ = [
-    "DatasetInfo", "DATASETS", "default_root", "read_split", "scan_folder_split", "FolderSplit",
-    "get_info", "MissingSplit", "CIFAR100_MEAN", "CIFAR100_STD",
-]
+__all__ = ["default_root", "FolderSplit", "MissingSplit", "CIFAR100_MEAN", "CIFAR100_STD"]
 
 SPLITS = ("train", "test")
 
@@ -66,49 +63,6 @@ def default_root() -> Path:
     """Data root: env TFKD_DATA_ROOT, else ./data."""
     env = os.environ.get("TFKD_DATA_ROOT")
     return Path(env) if env else Path("data")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """One registry entry: everything tfkd knows about a dataset, in one place.
-
-    `train_transform` / `test_transform` describe the official torchvision transforms as steps
-    (name, *args) before ToTensor + Normalize(mean, std); `data.reference` builds them and the
-    in-memory fast path reads crop/flip/rotate from them (in that order: the official one).
-    """
-
-    name: str
-    title: str  # human name used in messages
-    reader: Callable[..., Any]  # in-memory: (root, split, download) -> (x, y, classes); folder: -> FolderSplit
-    num_classes: int | None  # None: read from the data (cifar-layout's meta)
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_train: int  # images in the train split (cost estimates; cifar-layout: the tiny100-32 stand-in)
-    num_test: int
-    train_transform: tuple[tuple, ...]  # ("crop", padding) | ("flip",) | ("rotate", degrees) | ("resized_crop", size)
-    test_transform: tuple[tuple, ...] = ()  # ("resize", size) | ("center_crop", size)
-    in_memory: bool = True
-    needs_root: bool = True
-
-    def _step(self, name: str) -> tuple | None:
-        return next((s for s in self.train_transform if s[0] == name), None)
-
-    @property
-    def crop_padding(self) -> int | None:
-        """RandomCrop(image_size, padding=...) of the train transform, or None (no crop)."""
-        step = self._step("crop")
-        return step[1] if step else None
-
-    @property
-    def rotation(self) -> float:
-        """RandomRotation degrees of the train transform (0: none)."""
-        step = self._step("rotate")
-        return float(step[1]) if step else 0.0
-
-    @property
-    def flip(self) -> bool:
-        return self._step("flip") is not None
 
 
 # --------------------------------------------------------------------------- pickles
@@ -493,62 +447,3 @@ def _read_imagenet(root, split, download=False) -> FolderSplit:
     if not samples:
         raise _err(f"ImageNet {split} split has no images under {d}; {expected}")
     return FolderSplit(samples, classes, base)
-
-
-# --------------------------------------------------------------------------- registry
-
-_CIFAR_TRAIN = (("crop", 4), ("flip",), ("rotate", 15.0))  # official CIFAR transform_train
-
-DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
-    DatasetInfo(name="cifar100", title="CIFAR-100", reader=_read_cifar100, num_classes=100, image_size=32,
-                mean=CIFAR100_MEAN, std=CIFAR100_STD, num_train=50_000, num_test=10_000,
-                train_transform=_CIFAR_TRAIN),
-    DatasetInfo(name="cifar10", title="CIFAR-10", reader=_read_cifar10, num_classes=10, image_size=32,
-                mean=CIFAR100_MEAN, std=CIFAR100_STD, num_train=50_000, num_test=10_000,
-                train_transform=_CIFAR_TRAIN),
-    DatasetInfo(name="cifar-layout", title="CIFAR-layout", reader=_read_cifar_layout, num_classes=None,
-                image_size=32, mean=CIFAR100_MEAN, std=CIFAR100_STD, num_train=50_000, num_test=5_000,
-                train_transform=_CIFAR_TRAIN),
-    DatasetInfo(name="digits", title="digits", reader=_read_digits, num_classes=10, image_size=32,
-                mean=DIGITS_MEAN, std=DIGITS_STD, num_train=DIGITS_TRAIN, num_test=DIGITS_TEST,
-                train_transform=_CIFAR_TRAIN, needs_root=False),
-    DatasetInfo(name="tiny-imagenet", title="Tiny-ImageNet", reader=_read_tiny_imagenet, num_classes=200,
-                image_size=64, mean=TINY_MEAN, std=TINY_STD, num_train=100_000, num_test=10_000,
-                train_transform=(("rotate", 20.0), ("flip",)), in_memory=False),
-    DatasetInfo(name="imagenet", title="ImageNet", reader=_read_imagenet, num_classes=1000, image_size=224,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, num_train=1_281_167, num_test=50_000,
-                train_transform=(("resized_crop", 224), ("flip",)),
-                test_transform=(("resize", 256), ("center_crop", 224)), in_memory=False),
-)}
-
-
-def get_info(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except (KeyError, TypeError):
-        raise _err(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}") from None
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise _err(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
-
-
-def read_split(name: str, root: str | Path | None = None, split: str = "test", *, download: bool = False
-               ) -> tuple[Tensor, Tensor, list[str]]:
-    """Read one split of an in-memory dataset: (uint8 N x 3 x H x W, int64 labels, class names)."""
-    info = get_info(name)
-    _check_split(split)
-    if not info.in_memory:
-        raise _err(f"read_split reads in-memory datasets ({', '.join(k for k, v in DATASETS.items() if v.in_memory)}); "
-                   f"{name} is a folder dataset: use scan_folder_split or build_data")
-    return info.reader(root, split, download)
-
-
-def scan_folder_split(name: str, root: str | Path | None = None, split: str = "test", *, download: bool = False) -> FolderSplit:
-    """List the (path, label) samples of one split of a folder dataset."""
-    info = get_info(name)
-    _check_split(split)
-    if info.in_memory:
-        raise _err(f"{name} is an in-memory dataset: use read_split")
-    return info.reader(root, split, download)

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from tfkd_cli.data.readers import get_info
+from tfkd_cli.data.registry import get_info
 
 __all__ = ["official_train_transform", "official_test_transform", "ReferenceDataset"]
 
@@ -34,7 +34,7 @@ def official_train_transform(name: str) -> T.Compose:
     """The dataset's official train transform, then ToTensor, Normalize. CIFAR-style:
     RandomCrop(32, padding=4), RandomHorizontalFlip(), RandomRotation(15); tiny-imagenet:
     RandomRotation(20), RandomHorizontalFlip(0.5) (no crop); imagenet: RandomResizedCrop(224),
-    RandomHorizontalFlip() (the registry, `readers.DATASETS`, holds the steps)."""
+    RandomHorizontalFlip() (the registry, `registry.DATASETS`, holds the steps)."""
     info = get_info(name)
     return T.Compose([*_steps(info, info.train_transform), T.ToTensor(), T.Normalize(info.mean, info.std)])
 

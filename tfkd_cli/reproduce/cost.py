@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from tfkd_cli.data.readers import DATASETS
+from tfkd_cli.data.registry import DATASETS
 from tfkd_cli.losses import METHODS
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.recipe import Recipe
