@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir
+from tfkd_cli import rundir, tracking
 from tfkd_cli.data import build_data
 from tfkd_cli.errors import RunFailed, TfkdError
 from tfkd_cli.loading import load_model
@@ -284,6 +284,7 @@ def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = 
           progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) one training described by `recipe`; returns its summary."""
     out = Path(out)
+    tracking.check(recipe.runtime)  # a missing tracker package fails before any file is written
     dd, device = init_distributed(recipe.runtime.device)
     lock = rundir.RunLock(out)
     created = False
@@ -483,7 +484,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     timings: list[dict] = []
     steps = data.steps_per_epoch
     every = recipe.train.checkpoint_every
-    with guard, _progress(progress and dd.main, recipe, steps, state) as bar:
+    track = tracking.open(out, recipe, state.epoch * steps + state.step, steps, log) if dd.main else tracking.NONE
+    with guard, track, _progress(progress and dd.main, recipe, steps, state) as bar:
         t_run = time.perf_counter()  # wall time booked into state.run_time up to here
         while state.epoch < recipe.train.epochs:
             epoch = state.epoch + 1
@@ -519,6 +521,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                 if device.type == "cpu" or step % 50 == 49:
                     _raise_if_bad(bad_step, epoch, out, dd)
                 state.step = step + 1
+                track.step((epoch - 1) * steps + state.step, lr)
                 if bar is not None and (device.type == "cpu" or step % 20 == 0):  # float() syncs the GPU
                     bar(epoch, step + 1, float(loss), lr)
                 mid = bool(every) and state.step % every == 0 and state.step < steps
@@ -531,6 +534,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                     state.images += (seen - booked) * dd.world
                     t_mark, t_run, booked = now, now, seen
                     state.acc = _gather_acc(loss_sum, correct, count, dd, device)
+                    track.flush()
                     if dd.main:
                         save_checkpoint([rundir.LAST])
                     if stop:
@@ -578,6 +582,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                 # previous last.pt and redoes this epoch, rewriting best.pt/epoch_N.pt identically.
                 names = ([rundir.BEST] if is_best else []) + \
                         ([rundir.epoch_file(epoch)] if epoch in recipe.train.keep_epochs else []) + [rundir.LAST]
+                track.epoch(row)  # before the checkpoint: a tracker's stream never lags it
                 save_checkpoint(names)
                 fault_point("metrics")
                 rundir.write_metrics(out, state.history)
