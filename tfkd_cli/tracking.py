@@ -100,18 +100,17 @@ class WandB:
 
         self.steps_per_epoch = steps_per_epoch
         self.pending: list[tuple[int, dict]] = []  # steps since the last checkpoint
-        old = _read_id(run) if start_step > 0 else None
-        run_id = old or wandb.util.generate_id()
+        old = _read_id(run) if start_step > 0 else None  # None: W&B makes a new id
         mode = None
         if os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun") \
                 and not wandb.login(prompt=False, verify=False):
             mode = "offline"
             log(f"note: no W&B API key here (wandb login or WANDB_API_KEY); logging offline to "
                 f"{run / 'wandb'}; upload it later with `wandb sync`")
-        self.run = wandb.init(project=recipe.runtime.wandb, id=run_id, resume="allow", dir=str(run),
+        self.run = wandb.init(project=recipe.runtime.wandb, id=old, resume="allow", dir=str(run),
                               name=run.name, config=recipe.to_dict(), allow_val_change=True, mode=mode,
                               settings=wandb.Settings(console="off", silent=True))
-        atomic_write_text(run / WANDB_ID, json.dumps({"id": run_id, "project": recipe.runtime.wandb}) + "\n")
+        atomic_write_text(run / WANDB_ID, json.dumps({"id": self.run.id, "project": recipe.runtime.wandb}) + "\n")
 
     @staticmethod
     def reset(run: Path) -> None:
