@@ -119,6 +119,16 @@ def _grid(n: int):
     return plt, fig, list(axes.flat[:n])
 
 
+def _epoch_axis(ax, last: int) -> None:
+    """Whole epochs from 1; half an epoch of margin so a one-epoch curve is a visible point."""
+    ax.set_xlim(0.5, last + 0.5)
+    if last <= 10:  # MaxNLocator falls back to fractional ticks on a one-epoch range
+        ax.set_xticks(range(1, last + 1))
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
 def _save(plt, fig, out: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -152,9 +162,7 @@ def plot_runs(paths: list[Path], out: Path, metrics: Optional[list[str]] = None,
                 ax.plot(c.epochs, c.columns[m], marker="o" if len(c.epochs) < 12 else None,
                         markersize=3, label=c.name)
         ax.set_title(TITLES.get(m, m), fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax, max(e for c in curves for e in c.epochs))
     axes[0].legend(fontsize=7)
     _save(plt, fig, out)
     return chosen
@@ -215,10 +223,8 @@ def table_curves(res: dict, out: Path) -> bool:
             ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("test top-1 (%)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax, max(e for _, (epochs, _m, _s) in lines for e in epochs))
         ax.legend(fontsize=6)
     h = res.get("header") or {}
     fig.suptitle(f"{res['table']} at scale {h.get('scale')}: test top-1 per epoch, mean ± std over seeds",
