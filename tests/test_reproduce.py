@@ -67,7 +67,7 @@ def table3(recipes, tmp_path_factory):
 def test_reproduce_writes_the_table(table3):
     base, log = table3
     res = base / "results"
-    for name in ("table.md", "table.csv", "table.json", "table.png"):
+    for name in ("table.md", "table.csv", "table.json", "table.png", "curves.png"):
         assert (res / name).stat().st_size > 0
     md = (res / "table.md").read_text()
     for v in PAPER_DEKD:

@@ -121,6 +121,8 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
         click.option("--channels-last", is_flag=True, default=None, help="channels_last memory format."),
         click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (CUDA), no cudnn benchmark."),
         click.option("--checkpoint-every", type=int, default=None, help="Also checkpoint every N steps within an epoch."),
+        click.option("--tensorboard", is_flag=True, default=None, help="Log to TensorBoard event files in <out>/tensorboard (the tb extra)."),
+        click.option("--wandb", default=None, metavar="PROJECT", help="Log to this W&B project (the wandb extra; offline without an API key)."),
         click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: runs/<model>_<method>_s<seed>)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
         click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
@@ -145,7 +147,7 @@ def _flag_overrides(kw: dict) -> dict:
         "batch_size": "train.batch_size", "lr": "optim.lr", "width": "width", "seed": "seed",
         "device": "runtime.device", "amp": "runtime.amp", "compile_": "runtime.compile",
         "channels_last": "runtime.channels_last", "deterministic": "runtime.deterministic",
-        "checkpoint_every": "train.checkpoint_every",
+        "checkpoint_every": "train.checkpoint_every", "tensorboard": "runtime.tensorboard", "wandb": "runtime.wandb",
     }
     out: dict = {}
     for flag, key in mapping.items():
@@ -356,21 +358,51 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
 @click.option("--tolerance", type=float, default=2.0, show_default=True,
               help="Highlight cells whose |ours - paper| (or |A - B|) exceeds this many points.")
 @click.option("--fail-on-claims", is_flag=True, help="Exit 1 when a claim does not hold (for CI).")
-def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool) -> None:
+@click.option("--plot", "plot_file", default=None, type=click.Path(dir_okay=False),
+              help="Also draw the compared runs' curves into this PNG (run directories only).")
+def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool, plot_file: Optional[str]) -> None:
     """Compare results: one results folder against the paper, two results folders row by row, or run directories side by side.
 
     \b
     Examples:
       tfkd compare results/table3/mini
       tfkd compare results/table3/smoke results/table3/mini --format md
-      tfkd compare runs/r18 runs/mv2_kd
+      tfkd compare runs/r18 runs/mv2_kd --plot curves.png
     """
     from tfkd_cli.reproduce import compare as cmp
 
+    if plot_file and any((Path(p) / "table.json").is_file() for p in paths):
+        raise TfkdError("--plot draws run directories; a results folder has its curves in curves.png")
     failed = cmp.compare(list(paths), fmt=fmt, tolerance=tolerance, echo=click.echo)
+    if plot_file:
+        _plot(list(paths), plot_file, None)
     if fail_on_claims and failed:
         click.echo(f"tfkd: {failed} claim(s) do not hold", err=True)
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--metric", "metrics", default=None, metavar="M,...",
+              help="Columns of metrics.csv to draw (default: test/train top-1, train loss, lr, "
+                   "and teacher_share, val_top1 where present).")
+@click.option("--out", default="curves.png", show_default=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+def plot(runs: tuple, metrics: Optional[str], out: str) -> None:
+    """Per-epoch curves of runs on shared axes, one panel per metric (RUNS: run directories, or folders of them).
+
+    \b
+    Examples:
+      tfkd plot runs/r18 runs/mv2_kd --out curves.png
+      tfkd plot runs/ --metric test_top1,test_ece
+    """
+    _plot(list(runs), out, [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None)
+
+
+def _plot(runs: list[str], out: str, metrics: Optional[list[str]]) -> None:
+    from tfkd_cli.plots import plot_runs
+
+    drawn = plot_runs([Path(r) for r in runs], Path(out), metrics, log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {out} ({', '.join(drawn)})")
 
 
 def main() -> None:  # console script entry point

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir
+from tfkd_cli import rundir, tracking
 from tfkd_cli.build import Run, build_run
 from tfkd_cli.errors import Interrupted, TfkdError
 from tfkd_cli.loop import EpochLoop
@@ -44,6 +44,7 @@ def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = 
           progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) one training described by `recipe`; returns its summary."""
     out = Path(out)
+    tracking.check(recipe.runtime)  # a missing tracker package fails before any file is written
     dd, device = init_distributed(recipe.runtime.device)
     lock = rundir.RunLock(out)
     created = False

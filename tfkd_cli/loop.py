@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir
+from tfkd_cli import rundir, tracking
 from tfkd_cli.build import Run
 from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
 from tfkd_cli.faults import fault_point, nan_fault
@@ -152,14 +152,17 @@ class EpochLoop:
         self.cache = run.cache  # dropped if it cannot be written
         self.guard = SignalGuard()
         self.bar: Optional[Callable] = None
+        self.track = tracking.NONE  # TensorBoard / W&B (runtime settings), opened in run_epochs
         self.clock = Clock(dd.world)
         self.cached: Optional[torch.Tensor] = None  # this epoch's teacher logits from the cache
         self.collect: Optional[list] = None  # this epoch's teacher logits, computed here, to store
 
     def run_epochs(self, progress: bool) -> dict:
         """Train to the end (or raise Interrupted/RunFailed); the finished summary (rank 0, else {})."""
-        with self.guard, _progress(progress and self.dd.main, self.recipe, self.run.data.steps_per_epoch,
-                                   self.state) as self.bar:
+        steps = self.run.data.steps_per_epoch
+        self.track = tracking.open(self.out, self.recipe, self.state.epoch * steps + self.state.step, steps,
+                                   self.log) if self.dd.main else tracking.NONE
+        with self.guard, self.track, _progress(progress and self.dd.main, self.recipe, steps, self.state) as self.bar:
             self.clock = Clock(self.dd.world)  # wall time booked into state.run_time up to here
             while self.state.epoch < self.recipe.train.epochs:
                 epoch = self.state.epoch + 1
@@ -204,6 +207,7 @@ class EpochLoop:
 
     def _after_step(self, epoch: int, step: int, loss: torch.Tensor, lr: float) -> None:
         """Per-step reporting (every rank); `float(loss)` syncs the device, so not every GPU step."""
+        self.track.step((epoch - 1) * self.run.data.steps_per_epoch + self.state.step, lr)
         if self.bar is not None and (self.device.type == "cpu" or step % 20 == 0):
             self.bar(epoch, step + 1, float(loss), lr)
 
@@ -212,6 +216,7 @@ class EpochLoop:
         self._stop_if_bad(sums, epoch)  # never checkpoint past a bad step
         self.clock.book(self.state)
         self.state.acc = sums.snapshot()
+        self.track.flush()
         if self.dd.main:
             self._save([rundir.LAST])
         if stop:
@@ -244,6 +249,7 @@ class EpochLoop:
             # previous last.pt and redoes this epoch, rewriting best.pt/epoch_N.pt identically.
             names = ([rundir.BEST] if is_best else []) + \
                     ([rundir.epoch_file(epoch)] if epoch in recipe.train.keep_epochs else []) + [rundir.LAST]
+            self.track.epoch(row)  # before the checkpoint: a tracker's stream never lags it
             self._save(names)
             fault_point("metrics")
         self._after_epoch(epoch, row, {"epoch": epoch, "train_s": round(train_s, 3),

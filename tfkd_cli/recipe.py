@@ -112,6 +112,8 @@ class RuntimeCfg:
     deterministic: bool = False  # torch.use_deterministic_algorithms; cudnn.benchmark off
     threads: int = 0  # torch CPU threads (0: torch default)
     teacher_cache: bool = True  # share a frozen teacher's logits between students (tfkd_cli.teacher_cache)
+    tensorboard: bool = False  # event files in <run>/tensorboard (tfkd_cli.tracking)
+    wandb: Optional[str] = None  # a W&B project to log to (tfkd_cli.tracking)
 
 
 @dataclass
@@ -311,6 +313,8 @@ def _check_ranges(r: Recipe, src: str) -> None:
         bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher)")
     if r.teacher.epoch is not None and r.teacher.epoch <= 0:
         bad("teacher.epoch", f">= 1 (got {r.teacher.epoch})")
+    if r.runtime.wandb is not None and not r.runtime.wandb.strip():
+        bad("runtime.wandb", "a W&B project name, or null for no W&B (got an empty name)")
 
 
 # -- loading -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Optional
 
 from tfkd_cli import rundir
 from tfkd_cli.checkpoint import atomic_write, atomic_write_text
+from tfkd_cli.plots import table_curves
 from tfkd_cli.reproduce.plan import PlannedRun, scale_epoch, unique_runs
 from tfkd_cli.reproduce.spec import Scale, Table
 
@@ -115,6 +116,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
                           "best_mean": _mean_std(v["best"])[0], "last_mean": _mean_std(v["last"])[0],
                           "train_top1_mean": _mean_std(v["train"])[0], "runs": v["dirs"],
                           "teachers": v["teachers"],
+                          "run_epoch": scale_epoch(cell.epoch, scale.epoch_factor) if cell.epoch else None,
                           "delta_paper": None if mean is None or cell.paper is None else mean - cell.paper})
             else:
                 c.update({"mean": None, "std": None, "n": 0})
@@ -364,4 +366,5 @@ def write(res: dict, out: Path) -> list[Path]:
     atomic_write_text(out / "table.csv", meta + frame.to_csv(index=False))
     atomic_write_text(out / "table.md", to_markdown(res))
     to_png(res, out / "table.png")
-    return [out / n for n in ("table.md", "table.csv", "table.json", "table.png")]
+    curves = ["curves.png"] if table_curves(res, out / "curves.png") else []
+    return [out / n for n in ("table.md", "table.csv", "table.json", "table.png", *curves)]
