@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from tfkd_cli import rundir, tracking
 from tfkd_cli.cli import cli
-from tfkd_cli.engine import lr_at
+from tfkd_cli.loop import lr_at
 from tfkd_cli.recipe import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
