@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tfkd_cli import checkpoint as ckpt_io
+from tfkd_cli import cl_guard, fold
 from tfkd_cli import rundir
 from tfkd_cli.data import build_data
 from tfkd_cli.errors import RunFailed, TfkdError
@@ -123,16 +124,17 @@ def train_step(fwd: nn.Module, teacher: Optional[nn.Module], loss_fn: Callable, 
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
-    with (autocast() if autocast else contextlib.nullcontext()):
-        logits = fwd(x)
-        if teacher is not None and t_logits is None:
-            with torch.inference_mode():
-                t_logits = teacher(x)
-            t_logits = t_logits.float().clone()  # an ordinary tensor again, usable by autograd
-    loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    with cl_guard.safe_step(x):  # one thread for an odd channels_last CPU batch (torch 2.14 crash)
+        with (autocast() if autocast else contextlib.nullcontext()):
+            logits = fwd(x)
+            if teacher is not None and t_logits is None:
+                with torch.inference_mode():
+                    t_logits = teacher(x)
+                t_logits = t_logits.float().clone()  # an ordinary tensor again, usable by autograd
+        loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return loss.detach(), logits.detach(), t_logits
 
 
@@ -351,14 +353,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    channels_last = rt.channels_last
-    if channels_last and device.type == "cpu" and torch.get_num_threads() > 1:
-        # torch 2.14's CPU backward of a 1x1 stride-2 convolution (the ResNet shortcuts) in
-        # channels_last segfaults on odd batch sizes with more than one thread, and an epoch's
-        # last batch is often odd. One thread, or the default memory format, is safe.
-        log("note: channels_last is off: on the CPU it crashes torch's strided 1x1 convolutions "
-            "with more than one thread; use runtime.threads=1 to keep it")
-        channels_last = False
+    channels_last = rt.channels_last  # safe with any thread count: train_step's cl_guard
 
     # train.batch_size is the global batch (the lr is scaled from it, as officially); with
     # torchrun each of the N processes takes batch_size / N of it.
@@ -372,6 +367,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                       rank=dd.rank, world_size=dd.world, channels_last=channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     autocast = _autocast(recipe, device)
+    eval_cl = rt.fast_eval and (channels_last or device.type == "cpu")  # evaluation copies only
 
     # Teacher first: a bad teacher path should fail before any file is written.
     teacher, teacher_info = None, None
@@ -390,7 +386,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             raise TfkdError(f"the teacher {loaded.file} changed since this run started (sha256 "
                             f"{teacher_info['sha256'][:12]} vs {old[:12]}); resume with the same teacher, or --overwrite")
         if dd.main:
-            teacher_info["test"] = evaluate(teacher, data.test_batches(), autocast)
+            teacher_info["test"] = evaluate(fold.eval_model(teacher, fold=rt.fast_eval, channels_last=eval_cl),
+                                            data.test_batches(), autocast)
             log(f"teacher {loaded.name} ({loaded.source}, {loaded.file.name}): "
                 f"test top-1 {teacher_info['test']['top1']:.2f}%")
 
@@ -407,6 +404,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     seed_everything(recipe.seed)
     model = build_model(recipe.model, num_classes=data.num_classes, width=recipe.width)
     model = model.to(device, memory_format=fmt)
+    eval_pairs = fold.fold_pairs(model) if rt.fast_eval else None  # once: tracing can take ~2 s
     arch = {"model": canonical_name(recipe.model), "num_classes": data.num_classes, "width": recipe.width}
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.optim.momentum,
                                 weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov,
@@ -559,7 +557,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             state.train_time += now - t_mark
             state.images += (seen - booked) * dd.world
             fault_point("eval")
-            test = evaluate(model, data.test_batches(), autocast) if dd.main else None
+            test = evaluate(fold.eval_model(model, fold=rt.fast_eval, channels_last=eval_cl, pairs=eval_pairs),
+                            data.test_batches(), autocast) if dd.main else None
             state.epoch, state.step = epoch, 0
             state.acc = {"loss": 0.0, "correct": 0, "count": 0}
             now = time.perf_counter()

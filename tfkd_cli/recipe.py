@@ -97,6 +97,7 @@ class RuntimeCfg:
     deterministic: bool = False  # torch.use_deterministic_algorithms; cudnn.benchmark off
     threads: int = 0  # torch CPU threads (0: torch default)
     teacher_cache: bool = True  # share a frozen teacher's logits between students (tfkd_cli.teacher_cache)
+    fast_eval: bool = True  # evaluate a conv-BN folded channels_last copy (tfkd_cli.fold); false: the model itself
 
 
 @dataclass
