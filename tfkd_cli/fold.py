@@ -71,7 +71,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     s = gamma / torch.sqrt(var + bn.eps)
     with torch.no_grad():
         conv.weight.copy_(w * s.reshape(-1, 1, 1, 1))
-        conv.bias = nn.Parameter((b - mean) * s + beta).to(conv.weight.dtype)
+        conv.bias = nn.Parameter(((b - mean) * s + beta).to(conv.weight.dtype))
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
