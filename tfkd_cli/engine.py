@@ -404,7 +404,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     seed_everything(recipe.seed)
     model = build_model(recipe.model, num_classes=data.num_classes, width=recipe.width)
     model = model.to(device, memory_format=fmt)
-    eval_pairs = fold.fold_pairs(model) if rt.fast_eval else None  # once: tracing can take ~2 s
+    eval_pairs = fold.fold_pairs(model) if rt.fast_eval and dd.main else None  # once: tracing can take ~2 s
     arch = {"model": canonical_name(recipe.model), "num_classes": data.num_classes, "width": recipe.width}
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.optim.momentum,
                                 weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov,
