@@ -207,13 +207,15 @@ def test_teacher_logits_shared_between_students(teacher, tmp_path):
     assert (tmp_path / "b" / "metrics.csv").read_text() == (tmp_path / "c" / "metrics.csv").read_text()
 
 
-@pytest.mark.parametrize("threads, kept", [(2, False), (1, True)])
-def test_channels_last_on_a_multithreaded_cpu_is_turned_off_not_crashed(tmp_path, threads, kept):
+@pytest.mark.parametrize("threads, kept", [(2, True), (1, True)])
+def test_channels_last_on_a_multithreaded_cpu_is_kept_not_crashed(tmp_path, threads, kept):
     """torch 2.14's CPU backward of a strided 1x1 conv in channels_last segfaults on odd batches
     with >1 thread; digits' last batch (1437 % 128 = 29) is odd and ResNet18 has such convs.
+    channels_last stays on: tfkd_cli.cl_guard runs that one step with one thread.
     A subprocess, so that a crash fails this test instead of killing the test session."""
     out = tmp_path / "run"
-    p = run_cli(["train-teacher", *TINY, "--channels-last", "--set", f"runtime.threads={threads}", "--out", out])
+    p = run_cli(["train-teacher", *TINY, "--channels-last", "--set", f"runtime.threads={threads}", "--out", out],
+                timeout=900)  # 2 threads on a shared 2-core machine are slow
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["channels_last"] is kept
     assert ("channels_last is off" in p.stderr) is (not kept)

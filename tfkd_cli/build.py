@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from tfkd_cli import fold
 from tfkd_cli.data import DataSpec, build_data
 from tfkd_cli.data.loaders import Data
 from tfkd_cli.errors import TfkdError
@@ -75,7 +76,10 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
             raise TfkdError(f"the teacher {loaded.file} changed since this run started (sha256 "
                             f"{info['sha256'][:12]} vs {teacher_sha[:12]}); resume with the same teacher, or --overwrite")
         if eval_teacher:
-            info["test"] = evaluate(teacher, data.test_batches(), autocast)
+            rt = recipe.runtime  # the teacher is evaluated as the students are (tfkd_cli.fold)
+            eval_copy = fold.eval_model(teacher, fold=rt.fast_eval,
+                                        channels_last=rt.fast_eval and (channels_last or device.type == "cpu"))
+            info["test"] = evaluate(eval_copy, data.test_batches(), autocast)
             log(f"teacher {loaded.name} ({loaded.source}, {loaded.file.name}): "
                 f"test top-1 {info['test']['top1']:.2f}%")
     cache = None

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from tfkd_cli import rundir
+from tfkd_cli import fold, rundir
 from tfkd_cli.build import load_data
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.loading import load_model
@@ -51,7 +51,7 @@ def evaluate_target(target: Path, *, model: Optional[str] = None, width: Optiona
     rows = []
     for label, f in files:
         loaded = load_model(f, model=model, width=width, num_classes=data.num_classes)
-        net = loaded.model.to(dev)
+        net = fold.eval_model(loaded.model.to(dev), channels_last=dev.type == "cpu")  # as the engine evaluates
         rows.append({"checkpoint": label, "file": str(f), "model": loaded.name, "epoch": loaded.epoch,
                      **evaluate(net, data.test_batches())})
     return rows

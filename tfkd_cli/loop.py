@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir, tracking
+from tfkd_cli import cl_guard, fold, rundir, tracking
 from tfkd_cli.build import Run
 from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
 from tfkd_cli.faults import fault_point, nan_fault
@@ -59,16 +59,17 @@ def train_step(fwd: nn.Module, teacher: Optional[nn.Module], loss_fn: Callable, 
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
-    with (autocast() if autocast else contextlib.nullcontext()):
-        logits = fwd(x)
-        if teacher is not None and t_logits is None:
-            with torch.inference_mode():
-                t_logits = teacher(x)
-            t_logits = t_logits.float().clone()  # an ordinary tensor again, usable by autograd
-    loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    with cl_guard.safe_step(x):  # one thread for an odd channels_last CPU batch (torch 2.14 crash)
+        with (autocast() if autocast else contextlib.nullcontext()):
+            logits = fwd(x)
+            if teacher is not None and t_logits is None:
+                with torch.inference_mode():
+                    t_logits = teacher(x)
+                t_logits = t_logits.float().clone()  # an ordinary tensor again, usable by autograd
+        loss = loss_fn(logits.float(), y, None if t_logits is None else t_logits.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return loss.detach(), logits.detach(), t_logits
 
 
@@ -153,6 +154,9 @@ class EpochLoop:
         self.guard = SignalGuard()
         self.bar: Optional[Callable] = None
         self.track = tracking.NONE  # TensorBoard / W&B (runtime settings), opened in run_epochs
+        rt = recipe.runtime  # evaluation runs on a conv-BN folded copy (runtime.fast_eval)
+        self.eval_cl = rt.fast_eval and (run.channels_last or device.type == "cpu")
+        self.eval_pairs = fold.fold_pairs(run.model) if rt.fast_eval and dd.main else None  # traced once
         self.clock = Clock(dd.world)
         self.cached: Optional[torch.Tensor] = None  # this epoch's teacher logits from the cache
         self.collect: Optional[list] = None  # this epoch's teacher logits, computed here, to store
@@ -205,6 +209,11 @@ class EpochLoop:
                 self._checkpoint_mid(epoch, sums, stop)
         return sums
 
+    def eval_copy(self) -> nn.Module:
+        """The model to evaluate: a folded channels_last copy (fast_eval), else the model itself."""
+        return fold.eval_model(self.run.model, fold=self.recipe.runtime.fast_eval, channels_last=self.eval_cl,
+                               pairs=self.eval_pairs)
+
     def _after_step(self, epoch: int, step: int, loss: torch.Tensor, lr: float) -> None:
         """Per-step reporting (every rank); `float(loss)` syncs the device, so not every GPU step."""
         self.track.step((epoch - 1) * self.run.data.steps_per_epoch + self.state.step, lr)
@@ -231,7 +240,7 @@ class EpochLoop:
         self._cache_epoch(epoch)
         train_s = self.clock.book(state, run=False)
         fault_point("eval")
-        test = evaluate(self.run.model, self.run.data.test_batches(), self.run.autocast) if self.dd.main else None
+        test = evaluate(self.eval_copy(), self.run.data.test_batches(), self.run.autocast) if self.dd.main else None
         state.epoch, state.step = epoch, 0
         state.acc = {"loss": 0.0, "correct": 0, "count": 0}
         self.clock.book(state, train=False)  # this epoch's checkpoint write counts toward the next

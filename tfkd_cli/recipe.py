@@ -114,6 +114,7 @@ class RuntimeCfg:
     teacher_cache: bool = True  # share a frozen teacher's logits between students (tfkd_cli.teacher_cache)
     tensorboard: bool = False  # event files in <run>/tensorboard (tfkd_cli.tracking)
     wandb: Optional[str] = None  # a W&B project to log to (tfkd_cli.tracking)
+    fast_eval: bool = True  # evaluate a conv-BN folded channels_last copy (tfkd_cli.fold); false: the model itself
 
 
 @dataclass

@@ -52,14 +52,7 @@ def configure_torch(rt: RuntimeCfg, device: torch.device) -> None:
 
 def channels_last_for(rt: RuntimeCfg, device: torch.device, log: Callable[[str], None]) -> bool:
     """Whether this run uses channels_last: the recipe's choice, unless it is unsafe here."""
-    if rt.channels_last and device.type == "cpu" and torch.get_num_threads() > 1:
-        # torch 2.14's CPU backward of a 1x1 stride-2 convolution (the ResNet shortcuts) in
-        # channels_last segfaults on odd batch sizes with more than one thread, and an epoch's
-        # last batch is often odd. One thread, or the default memory format, is safe.
-        log("note: channels_last is off: on the CPU it crashes torch's strided 1x1 convolutions "
-            "with more than one thread; use runtime.threads=1 to keep it")
-        return False
-    return rt.channels_last
+    return rt.channels_last  # safe with any thread count: train_step's cl_guard
 
 
 def autocast_for(rt: RuntimeCfg, device: torch.device) -> Optional[Callable]:

@@ -1,0 +1,38 @@
+"""The CPU channels_last guard (tfkd_cli.cl_guard): one thread for exactly the odd channels_last
+CPU steps, all threads otherwise, restored afterwards. Run in a subprocess with two threads,
+so that a segfault in the guarded backward fails the test instead of killing pytest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import torch
+    from tfkd_cli import cl_guard
+    torch.set_num_threads(2)
+    cl = torch.channels_last
+    conv = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False).to(memory_format=cl)
+    seen = []
+    for n, fmt in [(29, cl), (1, cl), (28, cl), (29, torch.contiguous_format)]:
+        x = torch.randn(n, 8, 8, 8).contiguous(memory_format=fmt).requires_grad_()
+        with cl_guard.safe_step(x):
+            seen.append(torch.get_num_threads())
+            conv(x).sum().backward()  # the strided 1x1 backward torch 2.14 crashed in
+        assert torch.get_num_threads() == 2
+    try:
+        with cl_guard.safe_step(torch.randn(3, 8, 8, 8).contiguous(memory_format=cl)):
+            raise ValueError
+    except ValueError:
+        pass
+    assert torch.get_num_threads() == 2
+    print(seen)
+""")
+
+
+def test_guard_uses_one_thread_for_odd_channels_last_cpu_batches_only():
+    p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    # odd channels_last: 1 thread; even channels_last and odd contiguous: both threads
+    assert p.stdout.split("\n")[-2] == "[1, 1, 2, 2]"
