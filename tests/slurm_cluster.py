@@ -101,7 +101,8 @@ SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={folder}/munge/munge.socket
+# cred_expire is also the delay before a requeued job may start again (default 120 s)
+AuthInfo=socket={folder}/munge/munge.socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool/%n
@@ -192,3 +193,30 @@ if __name__ == "__main__":
     c = start(Path(sys.argv[1]))
     print(f"export SLURM_CONF={c.conf}")
     print("pids:", " ".join(f"{k}={v}" for k, v in c.pids.items()))
+
+
+# -- the pytest fixture (imported by tests/test_slurm.py) -------------------------------
+
+try:
+    import pytest
+except ImportError:  # run by hand without pytest
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def slurm_cluster(tmp_path_factory):
+        """A started cluster for the session; skipped (with the reason) only where the daemons
+        cannot start, unless TFKD_REQUIRE_SLURM=1 (CI), where that is a failure."""
+        reason = why_not()
+        if reason is None:
+            try:
+                cl = start(tmp_path_factory.mktemp("slurm"))
+            except RuntimeError as e:
+                reason = f"Slurm daemons did not start: {e}"
+        if reason is not None:
+            if os.environ.get("TFKD_REQUIRE_SLURM") == "1":
+                pytest.fail(f"TFKD_REQUIRE_SLURM=1 but {reason}")
+            print(f"skipping Slurm tests: {reason}")
+            pytest.skip(reason)
+        yield cl
+        cl.stop()

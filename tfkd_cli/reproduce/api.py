@@ -84,7 +84,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
     if status:
         from tfkd_cli.reproduce.slurm import status_table
 
-        echo(status_table(plan))
+        echo(status_table(plan, with_queue=executor == "slurm"))
         return None
     if not report_only:
         run = EXECUTORS[executor]()
