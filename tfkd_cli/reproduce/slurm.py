@@ -19,9 +19,6 @@ tfkd's plan, run summaries and run locks stay the source of truth; Slurm only pl
 from __future__ import annotations
 
 import getpass
-import json
-import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -34,11 +31,10 @@ import yaml
 
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.recipe import dump
 from tfkd_cli.reproduce.plan import PlannedRun, unique_runs
 from tfkd_cli.reproduce.runner import BLOCKED, EXTERNAL, FAILED, FINISHED, status_of
+from tfkd_cli.reproduce.slurm_job import Submitter, job_result, read_record, stderr_tail, write_record
 
-RECORD = "slurm.json"  # in the run directory
 MAX_KILLS = 3  # resubmissions of a run whose job was killed before it finished
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -202,121 +198,6 @@ def queue_states() -> dict[str, str]:
 # -- the job -------------------------------------------------------------------------
 
 
-class TrainJob:
-    """What a Slurm job runs: `tfkd run RECIPE --out DIR --resume`, under DDP when it has several tasks.
-
-    submitit calls `checkpoint` on SIGUSR2 (time limit, preemption): the same call is requeued,
-    and as it always resumes, it continues from the run's last checkpoint.
-    """
-
-    def __call__(self, recipe_file: str, out: str, threads: int) -> str:
-        from tfkd_cli.recipe import resolve
-
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-            import submitit
-
-            # RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* as torchrun would set them; each rank keeps every
-            # GPU of the node visible and takes cuda:LOCAL_RANK (tfkd's init_distributed).
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from tfkd_cli import engine
-
-        recipe = resolve(recipe_file, [f"runtime.threads={threads}"])
-        try:
-            engine.train(recipe, Path(out), resume=True, progress=False, log=lambda m: print(m, flush=True))
-        except Exception as e:
-            # By name: SIGTERM (scancel) stopped the run after a checkpoint; it is resumable.
-            if type(e).__name__ != "Interrupted":
-                raise
-            print(f"tfkd: {e}", flush=True)
-            return "interrupted"
-        return "finished"
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(TrainJob(), *args, **kwargs)
-
-
-def read_record(run: Path) -> dict:
-    try:
-        return json.loads((Path(run) / RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write_record(run: Path, rec: dict) -> None:
-    rundir.atomic_write_text(Path(run) / RECORD, json.dumps(rec, indent=2) + "\n")
-
-
-def _stderr_tail(rec: dict, n: int = 3) -> str:
-    err = Path(rec.get("stderr", ""))
-    if not err.is_file():
-        return "(no stderr)"
-    lines = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip() and "submitit" not in ln]
-    return " | ".join(ln.strip() for ln in lines[-n:]) or "(empty stderr)"
-
-
-def _result(rec: dict) -> Optional[tuple]:
-    """submitit's result pickle of the job: ("success", value) or ("error", traceback)."""
-    import pickle
-
-    p = Path(rec.get("folder", "")) / f"{rec.get('job_id')}_0_result.pkl"
-    try:
-        with open(p, "rb") as f:
-            return pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError):
-        return None
-
-
-class Submitter:
-    """Submits runs with submitit and records each job id in its run directory."""
-
-    def __init__(self, o: SlurmOptions, runs_dir: Path):
-        import submitit
-
-        self.o, self.runs_dir = o, Path(runs_dir).resolve()
-        self.submitit = submitit
-
-    def submit(self, p: PlannedRun) -> dict:
-        """Submit `p`, unless a job of it is already queued or running (another reproduce's): then attach."""
-        import fcntl
-
-        lock = self.runs_dir / ".slurm" / "submit.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # one check-and-submit at a time across reproduce processes
-            rec = read_record(p.dir)
-            if rec.get("job_id") and queue_states().get(rec["job_id"]) in ACTIVE:
-                return rec
-            return self._submit(p, rec)
-
-    def _submit(self, p: PlannedRun, rec: dict) -> dict:
-        o = self.o
-        folder = self.runs_dir / ".slurm" / p.dir.name
-        ex = self.submitit.SlurmExecutor(folder=folder, max_num_timeout=1000)
-        params = dict(time=o.time, ntasks_per_node=o.tasks, cpus_per_task=max(1, o.cpus_per_run // o.tasks),
-                      job_name=f"tfkd-{p.name}", setup=list(o.setup), stderr_to_stdout=False)
-        for k in ("partition", "account", "qos", "mem"):
-            if getattr(o, k):
-                params[k] = getattr(o, k)
-        if o.gpus_per_run:
-            params["gpus_per_node"] = o.gpus_per_run
-        ex.update_parameters(**params)
-        p.dir.mkdir(parents=True, exist_ok=True)
-        recipe_file = self.runs_dir / ".plans" / f"{p.dir.name}.yaml"
-        recipe_file.parent.mkdir(parents=True, exist_ok=True)
-        rundir.atomic_write_text(recipe_file, dump(p.recipe))
-        threads = max(1, o.cpus_per_run // o.tasks)
-        try:
-            job = ex.submit(TrainJob(), str(recipe_file), str(p.dir), threads)
-        except Exception as e:  # submitit raises a bare Exception with sbatch's stderr
-            raise TfkdError(f"sbatch refused {p.name}: {str(e).strip().splitlines()[-1]}") from None
-        rec = {**rec, "job_id": str(job.job_id), "folder": str(folder), "submissions": rec.get("submissions", 0) + 1,
-               "stderr": str(job.paths.stderr), "state": "submitted", "submitted_at": time.time()}
-        _write_record(p.dir, rec)
-        return rec
-
-
 @dataclass
 class Tracker:
     """One run's place on the cluster while the plan waits."""
@@ -330,11 +211,12 @@ def classify(p: PlannedRun, rec: dict) -> tuple[str, str]:
     st = status_of(p)
     if st == FINISHED:
         return FINISHED, ""
-    if st == FAILED:
-        return FAILED, _stderr_tail(rec)
-    res = _result(rec)
+    if st == FAILED:  # the run's own message (a NaN loss) and the end of its stderr
+        err = (rundir.read_summary(p.dir) or {}).get("error")
+        return FAILED, (f"{err}; stderr ends: " if err else "") + stderr_tail(rec, 1)
+    res = job_result(rec)
     if res and res[0] == "error" and "UncompletedJobError" not in str(res[1]):
-        return FAILED, _stderr_tail(rec)
+        return FAILED, stderr_tail(rec)
     return "killed", ""
 
 
@@ -359,10 +241,11 @@ def run_state(p: PlannedRun, queue: dict[str, str]) -> tuple[str, str]:
     return "pending", ""
 
 
-def status_table(plan: list[PlannedRun]) -> str:
+def status_table(plan: list[PlannedRun], with_queue: bool = True) -> str:
+    """Every run's state; with `with_queue`, Slurm's word on the jobs recorded in the run directories."""
     from tabulate import tabulate
 
-    queue = queue_states() if shutil.which("squeue") else {}
+    queue = queue_states() if with_queue and shutil.which("squeue") else {}
     rows = [[p.name, *run_state(p, queue), p.dir.name] for p in unique_runs(plan)]
     counts: dict[str, int] = {}
     for r in rows:
@@ -375,7 +258,7 @@ def run_plan(plan: list[PlannedRun], o: SlurmOptions, runs_dir: Path, *, retry_f
              log: Callable[[str], None] = print, poll: float = 2.0) -> dict[Path, str]:
     """Submit every pending run when its teachers finish, wait for all; returns run dir -> status."""
     check(o, runs_dir)
-    sub = Submitter(o, runs_dir)
+    sub = Submitter(o, runs_dir, lambda jid: queue_states().get(jid) in ACTIVE)
     runs = unique_runs(plan)
     by_key = {(p.id, p.seed): p for p in plan}
     state: dict[Path, str] = {}
@@ -389,7 +272,7 @@ def run_plan(plan: list[PlannedRun], o: SlurmOptions, runs_dir: Path, *, retry_f
             if st != "stopped":
                 log(f"attach {p.name:28s} job {rec['job_id']} ({queue[rec['job_id']]})")
         elif st == FAILED and retry_failed:
-            _write_record(p.dir, {**rec, "state": "retry", "kills": 0})
+            write_record(p.dir, {**rec, "state": "retry", "kills": 0})
         elif st in (FINISHED, FAILED, "external"):
             state[p.dir] = st
     todo = [p for p in runs if p.dir not in state and p.dir not in active]
@@ -416,16 +299,16 @@ def _wait(todo: list, active: dict, state: dict, by_key: dict, sub: Submitter, o
                 what, detail = classify(t.run, t.rec)
                 kills = t.rec.get("kills", 0) + (what == "killed")
                 if what == "killed" and kills <= MAX_KILLS:
-                    _write_record(d, {**t.rec, "state": "killed", "kills": kills})
+                    write_record(d, {**t.rec, "state": "killed", "kills": kills})
                     t.rec = read_record(d)
                     log(f"killed {t.run.name:28s} job {t.rec['job_id']} ended before the run finished: resubmitting "
                         f"({kills}/{MAX_KILLS}), it resumes from its last checkpoint")
                     todo.insert(0, t.run)
                     continue
                 if what == "killed":
-                    what, detail = FAILED, f"killed {kills} times without finishing; {_stderr_tail(t.rec)}"
+                    what, detail = FAILED, f"killed {kills} times without finishing; {stderr_tail(t.rec)}"
                 state[d] = what
-                _write_record(d, {**t.rec, "state": what})
+                write_record(d, {**t.rec, "state": what})
                 if what == FINISHED:
                     best = ((rundir.read_summary(d) or {}).get("best") or {}).get("top1")
                     log(f"done   {t.run.name:28s} job {t.rec['job_id']}  best top-1 {best}")
