@@ -76,7 +76,9 @@ def stderr_tail(rec: dict, n: int = 3) -> str:
     err = Path(rec.get("stderr", ""))
     if not err.is_file():
         return "(no stderr)"
-    lines = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip() and "submitit" not in ln]
+    # submitit's log lines and srun's "task 0: Exited" say less than the run's own last words
+    lines = [ln for ln in err.read_text(errors="replace").splitlines()
+             if ln.strip() and "submitit" not in ln and not ln.startswith("srun: ")]
     return " | ".join(ln.strip() for ln in lines[-n:]) or "(empty stderr)"
 
 
