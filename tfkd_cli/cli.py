@@ -186,6 +186,46 @@ def _print_result(out: Path, s: dict) -> None:
                f"{s['train_time_s']:.1f}s, {s.get('images_per_s') or 0:.0f} img/s")
 
 
+# -- where reproduce places its runs (--executor, --slurm-*, --status) ------------------
+
+def executor_options(f):
+    """The reproduce options of the executors; their values reach `executor_args` as **kw."""
+    opts = [
+        click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                     help="local: this machine (--jobs, --devices); slurm: one Slurm job per run (submitit)."),
+        click.option("--status", is_flag=True, help="Print every run's state (pending, queued, running, finished, failed); start nothing."),
+        click.option("--cluster", "cluster_file", default=None, type=click.Path(dir_okay=False),
+                     help="YAML with defaults for the --slurm-* options (partition: gpu, time: 720, setup: [...])."),
+        click.option("--slurm-partition", default=None, help="Slurm partition."),
+        click.option("--slurm-account", default=None, help="Slurm account."),
+        click.option("--slurm-qos", default=None, help="Slurm QOS."),
+        click.option("--slurm-time", type=int, default=None, help="Time limit per job in minutes (default 1440); longer runs are requeued and resume."),
+        click.option("--slurm-gpus-per-run", type=int, default=None, help="GPUs per run; more than one trains under DDP (global batch kept)."),
+        click.option("--slurm-cpus-per-run", type=int, default=None, help="CPUs per run (default 4); also its torch threads."),
+        click.option("--slurm-tasks-per-run", type=int, default=None, help="DDP ranks per run (default: one per GPU, else 1)."),
+        click.option("--slurm-mem", default=None, help="Memory per job, e.g. 32G."),
+        click.option("--slurm-max-parallel", type=int, default=None, help="Jobs queued or running at once (default: no limit)."),
+        click.option("--slurm-setup", multiple=True, help="Shell line run before each job, e.g. 'module load cuda' (repeatable)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def executor_args(kw: dict) -> dict:
+    """--executor/--slurm-*/--cluster/--status values -> api.reproduce keyword arguments."""
+    out = {"executor": kw.pop("executor"), "status": kw.pop("status")}
+    cluster_file = kw.pop("cluster_file")
+    flags = {k[len("slurm_"):]: kw.pop(k) for k in list(kw) if k.startswith("slurm_")}
+    if out["executor"] == "slurm":
+        from tfkd_cli.reproduce.slurm import load_options
+
+        out["executor_options"] = load_options(cluster_file, flags)
+    elif cluster_file or any(v not in (None, ()) for v in flags.values()):
+        raise TfkdError("--cluster and --slurm-* options need --executor slurm")
+    return out
+
+
 # -- commands ------------------------------------------------------------------------
 
 @cli.command("train-teacher")
@@ -322,9 +362,10 @@ def run_cmd(recipe_file: str, sets: tuple, out: str, resume: bool, overwrite: bo
 @click.option("--report-only", is_flag=True, help="Write the results table from finished runs; train nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
+@executor_options
 def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Optional[str], runs_dir: str,
               teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
-              report_only: bool, retry_failed: bool, list_: bool) -> None:
+              report_only: bool, retry_failed: bool, list_: bool, **placement: Any) -> None:
     """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
 
     \b
@@ -334,6 +375,8 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
       tfkd reproduce table3 --scale mini --seeds 2 --jobs 2   # tiny100-32, ~35 min on 2 cores
       tfkd reproduce table3 --teachers pretrained_teacher_models/   # authors' teachers
       tfkd reproduce tfkd-reg-cifar100 --scale my_scale.yaml --set data.dataset=cifar10 --set data.root=DIR
+      tfkd reproduce table3 --executor slurm --cluster cluster.yaml   # one Slurm job per run
+      tfkd reproduce table3 --executor slurm --status
     """
     from tfkd_cli.reproduce import api
 
@@ -349,7 +392,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
     api.reproduce(table, scale=scale, seeds=seeds, out=out, runs_dir=runs_dir, teachers=teachers,
                   only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
                   dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
-                  log=lambda m: click.echo(m, err=True), echo=click.echo)
+                  log=lambda m: click.echo(m, err=True), echo=click.echo, **executor_args(placement))
 
 
 @cli.command()

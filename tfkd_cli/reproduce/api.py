@@ -9,7 +9,7 @@ from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce import report
 from tfkd_cli.reproduce.cost import estimate_seconds
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
-from tfkd_cli.reproduce.runner import run_plan, status_of
+from tfkd_cli.reproduce.runner import EXECUTORS, LocalOptions, status_of
 from tfkd_cli.reproduce.spec import index, load_scale, load_table
 
 
@@ -67,6 +67,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
               runs_dir: str = "runs/reproduce", teachers: Optional[str] = None, only: Optional[set] = None,
               jobs: int = 1, devices: Optional[list[str]] = None, dry_run: bool = False,
               report_only: bool = False, retry_failed: bool = False, sets: tuple = (),
+              executor: str = "local", executor_options: Optional[object] = None, status: bool = False,
               log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[dict]:
     table = load_table(name)
     sc = load_scale(scale)
@@ -91,8 +92,14 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
              + (f", --set {' '.join(sets)}" if sets else ""))
         echo(format_plan(plan, device))
         return None
+    if status:
+        from tfkd_cli.reproduce.slurm import status_table
+
+        echo(status_table(plan, with_queue=executor == "slurm"))
+        return None
     if not report_only:
-        run_plan(plan, jobs=jobs, devices=devices, retry_failed=retry_failed, log=log)
+        run = EXECUTORS[executor]()
+        run(plan, executor_options or LocalOptions(jobs, devices), Path(runs_dir), retry_failed=retry_failed, log=log)
     res = report.build_results(table, sc, plan, seed_list, sets=list(sets))
     out_dir = Path(out) if out else Path("results") / table.table / sc.scale
     files = report.write(res, out_dir)
