@@ -81,6 +81,7 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
         click.option("--data-root", default=None, help="Data folder (default: $TFKD_DATA_ROOT or ./data)."),
         click.option("--download", is_flag=True, default=None, help="Download the dataset if missing (needs a network)."),
         click.option("--per-class", type=int, default=None, help="Train on a class-balanced subset of N images per class."),
+        click.option("--val-per-class", type=int, default=None, help="Hold N training images per class out as a validation split (model selection)."),
         click.option("--epochs", type=int, default=None, help="Training epochs (official: 200)."),
         click.option("--batch-size", type=int, default=None, help="Batch size; lr scales as base_lr * batch/128."),
         click.option("--lr", type=float, default=None, help="Base learning rate at batch 128 (official: 0.1)."),
@@ -112,7 +113,7 @@ def _flag_overrides(kw: dict) -> dict:
     mapping = {
         "model": "model", "method": "method", "teacher": "teacher.path", "teacher_epoch": "teacher.epoch",
         "teacher_model": "teacher.model", "dataset": "data.dataset", "data_root": "data.root",
-        "download": "data.download", "per_class": "data.per_class", "epochs": "train.epochs",
+        "download": "data.download", "per_class": "data.per_class", "val_per_class": "data.val_per_class", "epochs": "train.epochs",
         "batch_size": "train.batch_size", "lr": "optim.lr", "width": "width", "seed": "seed",
         "device": "runtime.device", "amp": "runtime.amp", "compile_": "runtime.compile",
         "channels_last": "runtime.channels_last", "deterministic": "runtime.deterministic",

@@ -44,6 +44,7 @@ from tfkd_cli.losses import NEEDS_TEACHER, build_loss
 from tfkd_cli.metrics import evaluate
 from tfkd_cli.models import build_model, canonical_name, count_params
 from tfkd_cli.recipe import Recipe, dump
+from tfkd_cli.selection import select_epochs
 from tfkd_cli.teacher_cache import TeacherCache
 
 # Crash-point hook for tests: TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th time the named
@@ -369,7 +370,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                       per_class=recipe.data.per_class, subset_seed=recipe.data.subset_seed,
                       augment=recipe.data.augment, device=device, batch_size=recipe.train.batch_size // dd.world,
                       eval_batch_size=recipe.train.eval_batch_size, workers=recipe.data.workers,
-                      rank=dd.rank, world_size=dd.world, channels_last=channels_last)
+                      rank=dd.rank, world_size=dd.world, channels_last=channels_last,
+                      val_per_class=recipe.data.val_per_class)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     autocast = _autocast(recipe, device)
 
@@ -400,7 +402,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
         tcache = TeacherCache(out.resolve().parent, {
             "teacher_sha256": teacher_info["sha256"], "teacher": [loaded.name, loaded.width],
             "data": [recipe.data.dataset, str(recipe.data.root), recipe.data.per_class,
-                     recipe.data.subset_seed, recipe.data.augment],
+                     recipe.data.subset_seed, recipe.data.augment]
+                    + ([recipe.data.val_per_class] if recipe.data.val_per_class else []),
             "seed": recipe.seed, "batch": per_rank, "rank": [dd.rank, dd.world],
             "numerics": [device.type, rt.amp, channels_last, torch.get_num_threads(), torch.__version__]})
 
@@ -459,6 +462,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             "model": arch["model"], "width": recipe.width, "method": recipe.method,
             "dataset": recipe.data.dataset, "num_classes": data.num_classes,
             "num_train": data.num_train, "num_test": data.num_test,
+            "val_per_class": recipe.data.val_per_class, "num_val": data.val.num_test if data.val else 0,
             "params": count_params(model), "epochs": recipe.train.epochs,
             "world_size": dd.world, "amp": bool(autocast), "compile": rt.compile, "channels_last": channels_last,
             "deterministic": rt.deterministic, "teacher": teacher_info,
@@ -560,6 +564,7 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
             state.images += (seen - booked) * dd.world
             fault_point("eval")
             test = evaluate(model, data.test_batches(), autocast) if dd.main else None
+            val = evaluate(model, data.val.test_batches(), autocast) if dd.main and data.val else None
             state.epoch, state.step = epoch, 0
             state.acc = {"loss": 0.0, "correct": 0, "count": 0}
             now = time.perf_counter()
@@ -569,7 +574,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
                 row = {"epoch": epoch, "lr": float(f"{lr_at(recipe, epoch, steps - 1, steps):.6g}"),
                        "train_loss": round(acc["loss"] / max(acc["count"], 1), 6),
                        "train_top1": round(acc["correct"] / max(acc["count"], 1) * 100, 4),
-                       **{f"test_{k}": round(v, 4) for k, v in test.items()}}
+                       **{f"test_{k}": round(v, 4) for k, v in test.items()},
+                       **({"val_top1": round(val["top1"], 4), "val_nll": round(val["nll"], 4)} if val else {})}
                 state.history.append(row)
                 is_best = test["top1"] >= state.best["top1"]  # official: ties go to the later epoch
                 if is_best:
@@ -652,17 +658,8 @@ def _raise_if_bad(bad_step: torch.Tensor, epoch: int, out: Path, dd: Dist) -> No
 
 
 def _results(state: State) -> dict:
-    hist = state.history
-    last = hist[-1] if hist else None
-    best = next((r for r in hist if r["epoch"] == state.best["epoch"]), None)
-
-    def pick(row: Optional[dict]) -> Optional[dict]:
-        if row is None:
-            return None
-        return {"epoch": row["epoch"], "top1": row["test_top1"], "top5": row["test_top5"],
-                "nll": row["test_nll"], "ece": row["test_ece"], "train_top1": row["train_top1"]}
-
-    return {"epochs_done": state.epoch, "resumes": state.resumes, "best": pick(best), "last": pick(last),
+    picked = select_epochs(state.history)  # best (test-selected, official), selected (on val), last
+    return {"epochs_done": state.epoch, "resumes": state.resumes, **picked,
             "train_time_s": round(state.train_time, 2),
             "run_time_s": round(state.run_time, 2) if state.run_time_known else None,
             "images_per_s": round(state.images / state.train_time, 1) if state.train_time > 0 else None}

@@ -128,6 +128,7 @@ class Data:
     augment: bool
     has_train: bool
     _missing_train: str | None
+    val: "Data | None" = None  # the held-out validation split (data.val_per_class), test-side only
 
     def _init_common(self, info: DatasetInfo, classes: list[str], num_train: int, num_test: int, *,
                      batch_size: int, eval_batch_size: int, rank: int, world_size: int, device: torch.device,
@@ -386,11 +387,12 @@ class FolderData(Data):
 def build_data(name: str, root: str | Path | None = None, *, download: bool = False, per_class: int | None = None,
                subset_seed: int = 0, augment: bool = True, device: str | torch.device = "cpu",
                batch_size: int = 128, eval_batch_size: int = 512, workers: int = 4,
-               rank: int = 0, world_size: int = 1, channels_last: bool = False) -> Data:
+               rank: int = 0, world_size: int = 1, channels_last: bool = False, val_per_class: int = 0) -> Data:
     """Read a dataset and return its `Data` (see the module docstring for the determinism contract).
 
     A copy without a training split (e.g. the 20-image CIFAR-100 sample) builds fine for test-side
     use; `steps_per_epoch`, `train_batches` and `train_eval_batches` then raise a TfkdError.
+    `val_per_class=N` holds N training images per class out as `data.val` (see `split`).
     """
     info = get_info(name)
     _check_int("batch_size", batch_size, 1)
@@ -400,6 +402,7 @@ def build_data(name: str, root: str | Path | None = None, *, download: bool = Fa
     _check_int("rank", rank, 0, world_size - 1)
     if per_class is not None:
         _check_int("per_class", per_class, 1)
+    _check_int("val_per_class", val_per_class, 0)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -413,23 +416,43 @@ def build_data(name: str, root: str | Path | None = None, *, download: bool = Fa
     except MissingSplit as e:
         train, missing_train = None, str(e)
 
+    if val_per_class and train is None:
+        raise TfkdError(f"data.val_per_class={val_per_class} needs a training split to hold images out of: {missing_train}")
+    from tfkd_cli.data.split import val_split  # split builds on this module
+
+    where, val = f"{info.title} under {root_path}", None
     common = dict(missing_train=missing_train, batch_size=batch_size, eval_batch_size=eval_batch_size, rank=rank,
                   world_size=world_size, device=dev, channels_last=channels_last, augment=augment)
+    val_common = {**common, "missing_train": "this is the validation split"}
     if info.in_memory:
         x_te, y_te, classes = test
         if train is not None:
             x_tr, y_tr, classes_tr = train
             if classes_tr != classes:
                 raise TfkdError(f"{info.title} under {root_path}: train and test splits disagree on the class names")
-            if per_class is not None:
-                keep = class_balanced_subset(y_tr, per_class, subset_seed, len(classes), f"{info.title} under {root_path}")
+            if val_per_class:
+                keep, held = val_split(y_tr, val_per_class, subset_seed, len(classes), per_class, where)
+                val = InMemoryData(info, classes, None, (x_tr[held], y_tr[held]), **val_common)
+                x_tr, y_tr = x_tr[keep], y_tr[keep]
+            elif per_class is not None:
+                keep = class_balanced_subset(y_tr, per_class, subset_seed, len(classes), where)
                 x_tr, y_tr = x_tr[keep], y_tr[keep]
             train = (x_tr, y_tr)
-        return InMemoryData(info, classes, train, (x_te, y_te), **common)
+        data = InMemoryData(info, classes, train, (x_te, y_te), **common)
+        data.val = val
+        return data
 
     classes = test.classes
-    if train is not None and per_class is not None:
+    if train is not None and val_per_class:
         labels = torch.tensor([lab for _, lab in train.samples], dtype=torch.int64)
-        keep = class_balanced_subset(labels, per_class, subset_seed, len(classes), f"{info.title} under {root_path}")
+        keep, held = val_split(labels, val_per_class, subset_seed, len(classes), per_class, where)
+        val = FolderData(info, classes, None, FolderSplit([train.samples[i] for i in held.tolist()], train.classes,
+                                                          train.root), workers=workers, **val_common)
         train = FolderSplit([train.samples[i] for i in keep.tolist()], train.classes, train.root)
-    return FolderData(info, classes, train, test, workers=workers, **common)
+    elif train is not None and per_class is not None:
+        labels = torch.tensor([lab for _, lab in train.samples], dtype=torch.int64)
+        keep = class_balanced_subset(labels, per_class, subset_seed, len(classes), where)
+        train = FolderSplit([train.samples[i] for i in keep.tolist()], train.classes, train.root)
+    data = FolderData(info, classes, train, test, workers=workers, **common)
+    data.val = val
+    return data
