@@ -341,6 +341,44 @@ def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool) -> N
         sys.exit(1)
 
 
+# -- sweep (self-contained: grid, plan and report live in tfkd_cli/reproduce/sweep*.py) ------
+
+@cli.command()
+@training_options()
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="A recipe field and its values, e.g. --grid loss.alpha=0.1,0.5,0.9 (repeatable: one axis each).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds per point: --seed, --seed+1, ...")
+@click.option("--name", default=None, help="Sweep name (default <dataset>_<model>_<method>_<fields>); output in sweeps/<name>/.")
+@click.option("--runs-dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
+              help="Where run directories live (content-addressed, shared with reproduce).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Independent runs at once.")
+@click.option("--devices", default=None, help="Comma-separated devices for --jobs, e.g. cuda:0,cuda:1.")
+@click.option("--report-only", is_flag=True, help="Write the sweep table from finished runs; train nothing.")
+@click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
+def sweep(**kw: Any) -> None:
+    """Grid search over recipe fields, chosen on a validation split (the test set never chooses).
+
+    Finished points are skipped and interrupted ones resumed; --out is the sweep folder
+    (default sweeps/<name>/), which gets sweep.md, .csv, .json and .png.
+
+    \b
+    Example:
+      tfkd sweep --dataset digits --method tfkd_reg --epochs 3 --val-per-class 20 \\
+          --grid loss.alpha=0.1,0.9 --grid loss.temperature=4,20
+    """
+    from tfkd_cli.recipe import resolve_run
+    from tfkd_cli.reproduce.sweep import sweep as run_sweep
+
+    if kw.get("overwrite"):
+        raise TfkdError("sweep never replaces runs (--overwrite); finished points are reused, "
+                        "use --retry-failed for failed ones or another --runs-dir")
+    base = resolve_run(kw.get("recipe_file"), kw.get("sets", ()), _flag_overrides(kw))
+    run_sweep(base, kw["grid"], seeds=kw["seeds"], name=kw["name"], out=kw.get("out"), runs_dir=kw["runs_dir"],
+              jobs=kw["jobs"], devices=kw["devices"].split(",") if kw.get("devices") else None,
+              dry_run=kw.get("dry_run", False), report_only=kw["report_only"], retry_failed=kw["retry_failed"],
+              log=lambda m: click.echo(m, err=True), echo=click.echo)
+
+
 def main() -> None:  # console script entry point
     cli(prog_name="tfkd")
 

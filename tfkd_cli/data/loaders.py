@@ -420,7 +420,7 @@ def build_data(name: str, root: str | Path | None = None, *, download: bool = Fa
         raise TfkdError(f"data.val_per_class={val_per_class} needs a training split to hold images out of: {missing_train}")
     from tfkd_cli.data.split import val_split  # split builds on this module
 
-    where, val = f"{info.title} under {root_path}", None
+    where, val = info.title + (f" under {root_path}" if root_path is not None else ""), None
     common = dict(missing_train=missing_train, batch_size=batch_size, eval_batch_size=eval_batch_size, rank=rank,
                   world_size=world_size, device=dev, channels_last=channels_last, augment=augment)
     val_common = {**common, "missing_train": "this is the validation split"}
