@@ -109,6 +109,7 @@ def test_run_with_split_reports_val_every_epoch(tmp_path):
                                  "--per-class", "30", "--val-per-class", "5", "--set", "runtime.threads=1",
                                  "--quiet", "--device", "cpu", "--out", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    assert "val-selected top-1" in r.output
     rows = rundir.read_metrics(out)
     assert len(rows) == 2 and all(r["val_top1"] != "" and r["val_nll"] != "" for r in rows)
     s = json.loads((out / "summary.json").read_text())

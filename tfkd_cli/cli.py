@@ -152,7 +152,8 @@ def _print_result(out: Path, s: dict) -> None:
     b, l = s.get("best") or {}, s.get("last") or {}
     click.echo(f"{out}: {s['model']} {s['method']} seed {s['seed']} on {s['dataset']} - "
                f"best top-1 {b.get('top1', float('nan')):.2f}% (epoch {b.get('epoch')}), "
-               f"last top-1 {l.get('top1', float('nan')):.2f}%, train top-1 {l.get('train_top1', float('nan')):.2f}%, "
+               + (f"val-selected top-1 {s['selected']['top1']:.2f}% (epoch {s['selected']['epoch']}), " if s.get("selected") else "")
+               + f"last top-1 {l.get('top1', float('nan')):.2f}%, train top-1 {l.get('train_top1', float('nan')):.2f}%, "
                f"{s['train_time_s']:.1f}s, {s.get('images_per_s') or 0:.0f} img/s")
 
 

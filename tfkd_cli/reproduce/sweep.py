@@ -148,11 +148,17 @@ def build_points(base: Recipe, axes: list[Axis], seeds: list[int], runs_dir: Pat
     runs_dir = Path(runs_dir).resolve()
     d = base.to_dict()
     for a in axes:  # each value alone first, so an error names the one value at fault
+        typed = []
         for v in a.values:
             try:
-                _point_recipe(d, {a.key: v}, seeds[0])
+                r = _point_recipe(d, {a.key: v}, seeds[0])
             except TfkdError as e:
                 raise TfkdError(f"--grid {a.key}: value {v!r} is not allowed ({str(e).split(': ', 1)[-1]})") from None
+            node: Any = r
+            for part in a.key.split("."):
+                node = getattr(node, part)
+            typed.append(node)  # as the recipe holds it: 4 for a float field is 4.0
+        a.values = typed
     points = []
     for combo in itertools.product(*(a.values for a in axes)):
         params = {a.key: v for a, v in zip(axes, combo)}
