@@ -50,6 +50,7 @@ def test_grid_parsing():
     (["--grid", "loss.alpha=high"], "value 'high' is not allowed (loss.alpha: expected float, got 'high')"),
     (["--grid", "train.epochs=1.5"], "value 1.5 is not allowed (train.epochs: expected int"),
     (["--grid", "loss.alpha=2"], "loss.alpha must be in [0, 1]"),
+    (["--grid", "loss.temperature=4,4.0"], "two values are the same loss.temperature"),
     (["--grid", "loss.alpha=0.1", "--val-per-class", "150"], "data.val_per_class=150 is not smaller than a class's"),
     (["--grid", "data.val_per_class=5,150"], "data.val_per_class=150 is not smaller than a class's"),
     (["--grid", "loss.alpha=0.1"], "set --val-per-class N"),

@@ -48,6 +48,15 @@ def test_per_class_subset_is_drawn_from_what_is_left():
     assert torch.equal(val, val_split(y, 5, 3, 2)[1]) and torch.equal(val, val_split(y, 5, 3, 2, per_class=3)[1])
 
 
+def test_no_split_is_the_per_class_subset_of_old():
+    from tfkd_cli.data.loaders import class_balanced_subset
+
+    y = labels([20, 25, 30])
+    train, val = val_split(y, 0, 4, 3, per_class=7)
+    assert val.numel() == 0 and torch.equal(train, class_balanced_subset(y, 7, 4, 3, "toy"))
+    assert torch.equal(val_split(y, 0, 4, 3)[0], torch.arange(len(y)))
+
+
 def test_split_larger_than_a_class_is_one_line():
     y = labels([10, 6])
     with pytest.raises(TfkdError) as e:

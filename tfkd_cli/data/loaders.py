@@ -430,12 +430,10 @@ def build_data(name: str, root: str | Path | None = None, *, download: bool = Fa
             x_tr, y_tr, classes_tr = train
             if classes_tr != classes:
                 raise TfkdError(f"{info.title} under {root_path}: train and test splits disagree on the class names")
-            if val_per_class:
+            if val_per_class or per_class is not None:
                 keep, held = val_split(y_tr, val_per_class, subset_seed, len(classes), per_class, where)
-                val = InMemoryData(info, classes, None, (x_tr[held], y_tr[held]), **val_common)
-                x_tr, y_tr = x_tr[keep], y_tr[keep]
-            elif per_class is not None:
-                keep = class_balanced_subset(y_tr, per_class, subset_seed, len(classes), where)
+                if val_per_class:
+                    val = InMemoryData(info, classes, None, (x_tr[held], y_tr[held]), **val_common)
                 x_tr, y_tr = x_tr[keep], y_tr[keep]
             train = (x_tr, y_tr)
         data = InMemoryData(info, classes, train, (x_te, y_te), **common)
@@ -443,15 +441,12 @@ def build_data(name: str, root: str | Path | None = None, *, download: bool = Fa
         return data
 
     classes = test.classes
-    if train is not None and val_per_class:
+    if train is not None and (val_per_class or per_class is not None):
         labels = torch.tensor([lab for _, lab in train.samples], dtype=torch.int64)
         keep, held = val_split(labels, val_per_class, subset_seed, len(classes), per_class, where)
-        val = FolderData(info, classes, None, FolderSplit([train.samples[i] for i in held.tolist()], train.classes,
-                                                          train.root), workers=workers, **val_common)
-        train = FolderSplit([train.samples[i] for i in keep.tolist()], train.classes, train.root)
-    elif train is not None and per_class is not None:
-        labels = torch.tensor([lab for _, lab in train.samples], dtype=torch.int64)
-        keep = class_balanced_subset(labels, per_class, subset_seed, len(classes), where)
+        if val_per_class:
+            val = FolderData(info, classes, None, FolderSplit([train.samples[i] for i in held.tolist()],
+                                                              train.classes, train.root), workers=workers, **val_common)
         train = FolderSplit([train.samples[i] for i in keep.tolist()], train.classes, train.root)
     data = FolderData(info, classes, train, test, workers=workers, **common)
     data.val = val

@@ -158,6 +158,8 @@ def build_points(base: Recipe, axes: list[Axis], seeds: list[int], runs_dir: Pat
             for part in a.key.split("."):
                 node = getattr(node, part)
             typed.append(node)  # as the recipe holds it: 4 for a float field is 4.0
+        if len({repr(v) for v in typed}) < len(typed):
+            raise TfkdError(f"--grid {a.key}: two values are the same {a.key} ({', '.join(map(repr, a.values))})")
         a.values = typed
     points = []
     for combo in itertools.product(*(a.values for a in axes)):
