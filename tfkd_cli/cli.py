@@ -113,7 +113,8 @@ def _flag_overrides(kw: dict) -> dict:
     mapping = {
         "model": "model", "method": "method", "teacher": "teacher.path", "teacher_epoch": "teacher.epoch",
         "teacher_model": "teacher.model", "dataset": "data.dataset", "data_root": "data.root",
-        "download": "data.download", "per_class": "data.per_class", "val_per_class": "data.val_per_class", "epochs": "train.epochs",
+        "download": "data.download", "per_class": "data.per_class", "val_per_class": "data.val_per_class",
+        "epochs": "train.epochs",
         "batch_size": "train.batch_size", "lr": "optim.lr", "width": "width", "seed": "seed",
         "device": "runtime.device", "amp": "runtime.amp", "compile_": "runtime.compile",
         "channels_last": "runtime.channels_last", "deterministic": "runtime.deterministic",
