@@ -122,6 +122,7 @@ def _teacher_cache(recipe: Recipe, loaded: Loaded, info: dict, root: Path, dd: D
     d = recipe.data
     return TeacherCache(root, {
         "teacher_sha256": info["sha256"], "teacher": [loaded.name, loaded.width],
-        "data": [d.dataset, str(d.root), d.per_class, d.subset_seed, d.augment],
+        "data": [d.dataset, str(d.root), d.per_class, d.subset_seed, d.augment]
+                + ([d.val_per_class] if d.val_per_class else []),
         "seed": recipe.seed, "batch": recipe.train.batch_size // dd.world, "rank": [dd.rank, dd.world],
         "numerics": [device.type, recipe.runtime.amp, channels_last, torch.get_num_threads(), torch.__version__]})

@@ -110,6 +110,7 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
         click.option("--data-root", default=None, help="Data folder (default: $TFKD_DATA_ROOT or ./data)."),
         click.option("--download", is_flag=True, default=None, help="Download the dataset if missing (needs a network)."),
         click.option("--per-class", type=int, default=None, help="Train on a class-balanced subset of N images per class."),
+        click.option("--val-per-class", type=int, default=None, help="Hold N training images per class out as a validation split (model selection)."),
         click.option("--epochs", type=int, default=None, help="Training epochs (official: 200)."),
         click.option("--batch-size", type=int, default=None, help="Batch size; lr scales as base_lr * batch/128."),
         click.option("--lr", type=float, default=None, help="Base learning rate at batch 128 (official: 0.1)."),
@@ -143,7 +144,8 @@ def _flag_overrides(kw: dict) -> dict:
     mapping = {
         "model": "model", "method": "method", "teacher": "teacher.path", "teacher_epoch": "teacher.epoch",
         "teacher_model": "teacher.model", "dataset": "data.dataset", "data_root": "data.root",
-        "download": "data.download", "per_class": "data.per_class", "epochs": "train.epochs",
+        "download": "data.download", "per_class": "data.per_class", "val_per_class": "data.val_per_class",
+        "epochs": "train.epochs",
         "batch_size": "train.batch_size", "lr": "optim.lr", "width": "width", "seed": "seed",
         "device": "runtime.device", "amp": "runtime.amp", "compile_": "runtime.compile",
         "channels_last": "runtime.channels_last", "deterministic": "runtime.deterministic",
@@ -182,7 +184,8 @@ def _print_result(out: Path, s: dict) -> None:
     b, l = s.get("best") or {}, s.get("last") or {}
     click.echo(f"{out}: {s['model']} {s['method']} seed {s['seed']} on {s['dataset']} - "
                f"best top-1 {b.get('top1', float('nan')):.2f}% (epoch {b.get('epoch')}), "
-               f"last top-1 {l.get('top1', float('nan')):.2f}%, train top-1 {l.get('train_top1', float('nan')):.2f}%, "
+               + (f"val-selected top-1 {s['selected']['top1']:.2f}% (epoch {s['selected']['epoch']}), " if s.get("selected") else "")
+               + f"last top-1 {l.get('top1', float('nan')):.2f}%, train top-1 {l.get('train_top1', float('nan')):.2f}%, "
                f"{s['train_time_s']:.1f}s, {s.get('images_per_s') or 0:.0f} img/s")
 
 
@@ -446,6 +449,44 @@ def _plot(runs: list[str], out: str, metrics: Optional[list[str]]) -> None:
 
     drawn = plot_runs([Path(r) for r in runs], Path(out), metrics, log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote {out} ({', '.join(drawn)})")
+
+
+# -- sweep (self-contained: grid, plan and report live in tfkd_cli/reproduce/sweep*.py) ------
+
+@cli.command()
+@training_options()
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="A recipe field and its values, e.g. --grid loss.alpha=0.1,0.5,0.9 (repeatable: one axis each).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds per point: --seed, --seed+1, ...")
+@click.option("--name", default=None, help="Sweep name (default <dataset>_<model>_<method>_<fields>); output in sweeps/<name>/.")
+@click.option("--runs-dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
+              help="Where run directories live (content-addressed, shared with reproduce).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Independent runs at once.")
+@click.option("--devices", default=None, help="Comma-separated devices for --jobs, e.g. cuda:0,cuda:1.")
+@click.option("--report-only", is_flag=True, help="Write the sweep table from finished runs; train nothing.")
+@click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
+def sweep(**kw: Any) -> None:
+    """Grid search over recipe fields, chosen on a validation split (the test set never chooses).
+
+    Finished points are skipped and interrupted ones resumed; --out is the sweep folder
+    (default sweeps/<name>/), which gets sweep.md, .csv, .json and .png.
+
+    \b
+    Example:
+      tfkd sweep --dataset digits --method tfkd_reg --epochs 3 --val-per-class 20 \\
+          --grid loss.alpha=0.1,0.9 --grid loss.temperature=4,20
+    """
+    from tfkd_cli.recipe import resolve_run
+    from tfkd_cli.reproduce.sweep import sweep as run_sweep
+
+    if kw.get("overwrite"):
+        raise TfkdError("sweep never replaces runs (--overwrite); finished points are reused, "
+                        "use --retry-failed for failed ones or another --runs-dir")
+    base = resolve_run(kw.get("recipe_file"), kw.get("sets", ()), _flag_overrides(kw))
+    run_sweep(base, kw["grid"], seeds=kw["seeds"], name=kw["name"], out=kw.get("out"), runs_dir=kw["runs_dir"],
+              jobs=kw["jobs"], devices=kw["devices"].split(",") if kw.get("devices") else None,
+              dry_run=kw.get("dry_run", False), report_only=kw["report_only"], retry_failed=kw["retry_failed"],
+              log=lambda m: click.echo(m, err=True), echo=click.echo)
 
 
 def main() -> None:  # console script entry point

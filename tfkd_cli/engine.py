@@ -142,6 +142,7 @@ def _prepare_dir(recipe: Recipe, run: Run, state: State, out: Path, overwrite: b
         "model": run.arch["model"], "width": recipe.width, "method": recipe.method,
         "dataset": recipe.data.dataset, "num_classes": data.num_classes,
         "num_train": data.num_train, "num_test": data.num_test,
+        "val_per_class": recipe.data.val_per_class, "num_val": data.val.num_test if data.val else 0,
         "params": count_params(run.model), "epochs": recipe.train.epochs,
         "world_size": dd.world, "amp": bool(run.autocast), "compile": rt.compile,
         "channels_last": run.channels_last, "deterministic": rt.deterministic, "teacher": run.teacher_info,

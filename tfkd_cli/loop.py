@@ -240,7 +240,10 @@ class EpochLoop:
         self._cache_epoch(epoch)
         train_s = self.clock.book(state, run=False)
         fault_point("eval")
-        test = evaluate(self.eval_copy(), self.run.data.test_batches(), self.run.autocast) if self.dd.main else None
+        net = self.eval_copy() if self.dd.main else None
+        test = evaluate(net, self.run.data.test_batches(), self.run.autocast) if self.dd.main else None
+        val_data = self.run.data.val  # data.val_per_class > 0: the held-out training images
+        val = evaluate(net, val_data.test_batches(), self.run.autocast) if self.dd.main and val_data else None
         state.epoch, state.step = epoch, 0
         state.acc = {"loss": 0.0, "correct": 0, "count": 0}
         self.clock.book(state, train=False)  # this epoch's checkpoint write counts toward the next
@@ -249,7 +252,8 @@ class EpochLoop:
             row = {"epoch": epoch, "lr": float(f"{lr_at(recipe, epoch, steps - 1, steps):.6g}"),
                    "train_loss": round(acc["loss"] / max(acc["count"], 1), 6),
                    "train_top1": round(acc["correct"] / max(acc["count"], 1) * 100, 4),
-                   **{f"test_{k}": round(v, 4) for k, v in test.items()}}
+                   **{f"test_{k}": round(v, 4) for k, v in test.items()},
+                   **({"val_top1": round(val["top1"], 4), "val_nll": round(val["nll"], 4)} if val else {})}
             state.history.append(row)
             is_best = test["top1"] >= state.best["top1"]  # official: ties go to the later epoch
             if is_best:

@@ -74,7 +74,8 @@ class DataCfg:
     root: Optional[str] = None  # default: env TFKD_DATA_ROOT, else ./data
     download: bool = False
     per_class: Optional[int] = None  # class-balanced training subset (reduced scales)
-    subset_seed: int = 0
+    subset_seed: int = 0  # seeds the subset and the validation split (never the run seed)
+    val_per_class: int = 0  # images per class held out of training for model selection (0: none, official)
     augment: bool = True
     workers: int = 4  # folder datasets only
 
@@ -159,6 +160,8 @@ class Recipe:
         d.pop("name")
         for k in ("root", "download", "workers"):
             d["data"].pop(k)
+        if not d["data"]["val_per_class"]:  # no split: the identity (and hash) of runs made before the field
+            d["data"].pop("val_per_class")
         return d
 
     def hash(self) -> str:
@@ -310,6 +313,8 @@ def _check_ranges(r: Recipe, src: str) -> None:
         bad("train.checkpoint_every", f">= 0 (got {r.train.checkpoint_every})")
     if r.data.per_class is not None and r.data.per_class <= 0:
         bad("data.per_class", f"> 0 or null (got {r.data.per_class})")
+    if r.data.val_per_class < 0:
+        bad("data.val_per_class", f">= 0 (got {r.data.val_per_class})")
     if METHODS[r.method].needs_teacher and not r.teacher.path:
         bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher)")
     if r.teacher.epoch is not None and r.teacher.epoch <= 0:

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from tfkd_cli.selection import select_epochs, test_view
+
 
 @dataclass
 class State:
@@ -38,18 +40,13 @@ class State:
         """The summary.json fields the progress decides: epochs, best/last epoch, times, speed."""
         hist = self.history
         last = hist[-1] if hist else None
-        best = next((r for r in hist if r["epoch"] == self.best["epoch"]), None)
-        return {"epochs_done": self.epoch, "resumes": self.resumes, "best": _pick(best), "last": _pick(last),
+        best = next((r for r in hist if r["epoch"] == self.best["epoch"]), None)  # the epoch best.pt holds
+        picked = select_epochs(hist)  # selected: best on the validation split (None without one)
+        return {"epochs_done": self.epoch, "resumes": self.resumes, "best": test_view(best),
+                "selected": picked["selected"], "last": picked["last"],
                 "train_time_s": round(self.train_time, 2),
                 "run_time_s": round(self.run_time, 2) if self.run_time_known else None,
                 "images_per_s": round(self.images / self.train_time, 1) if self.train_time > 0 else None}
-
-
-def _pick(row: Optional[dict]) -> Optional[dict]:
-    if row is None:
-        return None
-    return {"epoch": row["epoch"], "top1": row["test_top1"], "top5": row["test_top5"],
-            "nll": row["test_nll"], "ece": row["test_ece"], "train_top1": row["train_top1"]}
 
 
 class Clock:

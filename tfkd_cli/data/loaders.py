@@ -128,6 +128,7 @@ class Data:
     augment: bool
     has_train: bool
     _missing_train: str | None
+    val: "Data | None" = None  # the held-out validation split (data.val_per_class), test-side only
 
     def _init_common(self, info: DatasetInfo, classes: list[str], num_train: int, num_test: int, *,
                      batch_size: int, eval_batch_size: int, rank: int, world_size: int, device: torch.device,
@@ -400,13 +401,14 @@ class DataSpec:
     rank: int = 0
     world_size: int = 1
     channels_last: bool = False
+    val_per_class: int = 0  # training images per class held out as data.val (data.split)
 
     @classmethod
     def of(cls, data_cfg: Any, **serving: Any) -> "DataSpec":
         """From a recipe's `data` section (DataCfg) plus device, batch sizes, rank, world_size, channels_last."""
         return cls(name=data_cfg.dataset, root=data_cfg.root, download=data_cfg.download,
                    per_class=data_cfg.per_class, subset_seed=data_cfg.subset_seed, augment=data_cfg.augment,
-                   workers=data_cfg.workers, **serving)
+                   workers=data_cfg.workers, val_per_class=data_cfg.val_per_class, **serving)
 
 
 def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: Any) -> Data:
@@ -416,6 +418,7 @@ def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: A
     (`build_data("cifar100", root, batch_size=64)`).
     A copy without a training split (e.g. the 20-image CIFAR-100 sample) builds fine for test-side
     use; `steps_per_epoch`, `train_batches` and `train_eval_batches` then raise a TfkdError.
+    `val_per_class=N` holds N training images per class out as `data.val` (see `split`).
     """
     if not isinstance(spec, DataSpec):
         spec = DataSpec(spec, root, **fields)
@@ -427,6 +430,7 @@ def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: A
     _check_int("rank", spec.rank, 0, spec.world_size - 1)
     if spec.per_class is not None:
         _check_int("per_class", spec.per_class, 1)
+    _check_int("val_per_class", spec.val_per_class, 0)
     try:
         dev = torch.device(spec.device)
     except (RuntimeError, TypeError) as e:
@@ -441,24 +445,40 @@ def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: A
     except MissingSplit as e:
         train, missing_train = None, str(e)
 
+    val_per_class = spec.val_per_class
+    if val_per_class and train is None:
+        raise TfkdError(f"data.val_per_class={val_per_class} needs a training split to hold images out of: {missing_train}")
+    from tfkd_cli.data.split import val_split  # split builds on this module
+
+    where, val = info.title + (f" under {root_path}" if root_path is not None else ""), None
     common = dict(missing_train=missing_train, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
                   rank=spec.rank, world_size=spec.world_size, device=dev, channels_last=spec.channels_last,
                   augment=spec.augment)
+    val_common = {**common, "missing_train": "this is the validation split"}
     if info.in_memory:
         x_te, y_te, classes = test
         if train is not None:
             x_tr, y_tr, classes_tr = train
             if classes_tr != classes:
                 raise TfkdError(f"{info.title} under {root_path}: train and test splits disagree on the class names")
-            if per_class is not None:
-                keep = class_balanced_subset(y_tr, per_class, subset_seed, len(classes), f"{info.title} under {root_path}")
+            if val_per_class or per_class is not None:
+                keep, held = val_split(y_tr, val_per_class, subset_seed, len(classes), per_class, where)
+                if val_per_class:
+                    val = InMemoryData(info, classes, None, (x_tr[held], y_tr[held]), **val_common)
                 x_tr, y_tr = x_tr[keep], y_tr[keep]
             train = (x_tr, y_tr)
-        return InMemoryData(info, classes, train, (x_te, y_te), **common)
+        data = InMemoryData(info, classes, train, (x_te, y_te), **common)
+        data.val = val
+        return data
 
     classes = test.classes
-    if train is not None and per_class is not None:
+    if train is not None and (val_per_class or per_class is not None):
         labels = torch.tensor([lab for _, lab in train.samples], dtype=torch.int64)
-        keep = class_balanced_subset(labels, per_class, subset_seed, len(classes), f"{info.title} under {root_path}")
+        keep, held = val_split(labels, val_per_class, subset_seed, len(classes), per_class, where)
+        if val_per_class:
+            val = FolderData(info, classes, None, FolderSplit([train.samples[i] for i in held.tolist()],
+                                                              train.classes, train.root), workers=spec.workers, **val_common)
         train = FolderSplit([train.samples[i] for i in keep.tolist()], train.classes, train.root)
-    return FolderData(info, classes, train, test, workers=spec.workers, **common)
+    data = FolderData(info, classes, train, test, workers=spec.workers, **common)
+    data.val = val
+    return data
