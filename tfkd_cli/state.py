@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from typing import Optional
-
 from tfkd_cli.selection import select_epochs, test_view
 
 
@@ -39,7 +37,6 @@ class State:
     def summary(self) -> dict:
         """The summary.json fields the progress decides: epochs, best/last epoch, times, speed."""
         hist = self.history
-        last = hist[-1] if hist else None
         best = next((r for r in hist if r["epoch"] == self.best["epoch"]), None)  # the epoch best.pt holds
         picked = select_epochs(hist)  # selected: best on the validation split (None without one)
         return {"epochs_done": self.epoch, "resumes": self.resumes, "best": test_view(best),
