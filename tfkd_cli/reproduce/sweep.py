@@ -170,7 +170,7 @@ def build_points(base: Recipe, axes: list[Axis], seeds: list[int], runs_dir: Pat
             if r.data.val_per_class <= 0:
                 raise TfkdError("a sweep chooses on a validation split: set --val-per-class N "
                                 "(data.val_per_class, images per class held out of training)")
-            key = _key(r, None)
+            key = _key(r.identity(), None)
             pid = ",".join(f"{k.rsplit('.', 1)[-1]}={_show(v)}" for k, v in params.items())
             runs.append(PlannedRun(pid, seed, r, runs_dir / f"{r.model.replace(':', '-')}_{r.method}_s{seed}_{key}", key))
         points.append(Point(params, runs))
