@@ -65,7 +65,7 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
 
     # Teacher first: a bad teacher path should fail before any file is written.
     teacher = loaded = info = None
-    if recipe.method in NEEDS_TEACHER:
+    if recipe.method in NEEDS_TEACHER and not recipe.teacher.uniform:  # a uniform teacher is no network
         loaded = _load_teacher(recipe, data, log)
         teacher = loaded.model.to(device, memory_format=fmt).eval()
         for p in teacher.parameters():
@@ -89,7 +89,7 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     o = recipe.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay, nesterov=o.nesterov, foreach=True)
-    loss_fn = build_loss(recipe.method, **loss_params(recipe))
+    loss_fn = build_loss(recipe.method, uniform_teacher=recipe.teacher.uniform, **loss_params(recipe))
     return Run(data, model, optimizer, loss_fn, teacher, info, cache, arch, autocast, channels_last)
 
 

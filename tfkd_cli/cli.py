@@ -103,7 +103,8 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set optim.lr=0.05 (repeatable)."),
         click.option(*model_flags, default=None, help="Model name (see `tfkd models`), or tv:<torchvision name>."),
         click.option("--method", default=None, cls=RegistryHelp, help_fn=lambda: _methods_help(method_default)),
-        click.option("--teacher", default=None, help="Teacher: a tfkd run directory, a release folder (base_<name>/) or a checkpoint file."),
+        click.option("--teacher", default=None, help="Teacher: a tfkd run directory, a release folder (base_<name>/) or a checkpoint file; "
+                     "`uniform`: the uniform-teacher control (kd, kd_self, tfkd_reg)."),
         click.option("--teacher-epoch", type=int, default=None, help="Use the teacher's kept checkpoint after this many epochs (De-KD)."),
         click.option("--teacher-model", default=None, help="Teacher architecture, needed for official .pth.tar checkpoints."),
         click.option("--dataset", default=None, cls=RegistryHelp, help_fn=_datasets_help),
@@ -152,6 +153,8 @@ def _flag_overrides(kw: dict) -> dict:
         value = kw.get(flag)
         if value is None:
             continue
+        if flag == "teacher" and value == "uniform":  # the uniform-teacher control (./uniform for a folder so named)
+            key, value = "teacher.uniform", True
         node = out
         *parents, leaf = key.split(".")
         for p in parents:

@@ -48,14 +48,15 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
            "(rough: per-image times measured per model, see tfkd_cli/reproduce/cost.py)"
 
 
-_SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m"}  # shown in the plan, with their values
+_SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m", "label_weight": "w"}  # shown in the plan
 
 
 def _loss_text(r) -> str:
     """ a=.. T=.. (m=.. unless 1) for the methods that read them."""
     p = r.loss_params()
     return "".join(f" {short}={p[k]:g}" for k, short in _SHORT.items()
-                   if k in p and not (k == "multiplier" and p[k] == 1))
+                   if k in p and not (k in ("multiplier", "label_weight") and p[k] == 1)) \
+        + (" uniform-teacher" if r.teacher.uniform else "")
 
 
 def _hms(s: float) -> str:
