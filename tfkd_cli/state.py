@@ -40,6 +40,7 @@ class State:
         last = hist[-1] if hist else None
         best = next((r for r in hist if r["epoch"] == self.best["epoch"]), None)
         return {"epochs_done": self.epoch, "resumes": self.resumes, "best": _pick(best), "last": _pick(last),
+                "diagnostics": _diagnostics(last),
                 "train_time_s": round(self.train_time, 2),
                 "run_time_s": round(self.run_time, 2) if self.run_time_known else None,
                 "images_per_s": round(self.images / self.train_time, 1) if self.train_time > 0 else None}
@@ -50,6 +51,13 @@ def _pick(row: Optional[dict]) -> Optional[dict]:
         return None
     return {"epoch": row["epoch"], "top1": row["test_top1"], "top5": row["test_top5"],
             "nll": row["test_nll"], "ece": row["test_ece"], "train_top1": row["train_top1"]}
+
+
+def _diagnostics(row: Optional[dict]) -> Optional[dict]:
+    """The last epoch's loss-term diagnostics (tfkd_cli.diagnostics), None before any epoch."""
+    if row is None:
+        return None
+    return {k: row.get(k) for k in ("grad_label", "grad_teacher", "teacher_share")}
 
 
 class Clock:
