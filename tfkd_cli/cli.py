@@ -322,10 +322,11 @@ def run_cmd(recipe_file: str, sets: tuple, out: str, resume: bool, overwrite: bo
 @click.option("--dry-run", is_flag=True, help="Print the plan: every run, its dependencies and estimated cost.")
 @click.option("--report-only", is_flag=True, help="Write the results table from finished runs; train nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
+@click.option("--no-controls", is_flag=True, help="Skip the control runs (uniform teacher, ce x (1 - alpha)) of the cells with a teacher.")
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
 def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Optional[str], runs_dir: str,
               teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
-              report_only: bool, retry_failed: bool, list_: bool) -> None:
+              report_only: bool, retry_failed: bool, no_controls: bool, list_: bool) -> None:
     """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
 
     \b
@@ -350,6 +351,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
     api.reproduce(table, scale=scale, seeds=seeds, out=out, runs_dir=runs_dir, teachers=teachers,
                   only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
                   dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
+                  controls=not no_controls,
                   log=lambda m: click.echo(m, err=True), echo=click.echo)
 
 
@@ -358,7 +360,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
 @click.option("--format", "fmt", type=click.Choice(["rich", "md", "csv", "json"]), default="rich", show_default=True)
 @click.option("--tolerance", type=float, default=2.0, show_default=True,
               help="Highlight cells whose |ours - paper| (or |A - B|) exceeds this many points.")
-@click.option("--fail-on-claims", is_flag=True, help="Exit 1 when a claim does not hold (for CI).")
+@click.option("--fail-on-claims", is_flag=True, help="Exit 1 when a claim does not hold (verdict no; inconclusive does not fail) (for CI).")
 def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool) -> None:
     """Compare results: one results folder against the paper, two results folders row by row, or run directories side by side.
 
@@ -371,8 +373,9 @@ def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool) -> N
     from tfkd_cli.reproduce import compare as cmp
 
     failed = cmp.compare(list(paths), fmt=fmt, tolerance=tolerance, echo=click.echo)
-    if fail_on_claims and failed:
-        click.echo(f"tfkd: {failed} claim(s) do not hold", err=True)
+    if fail_on_claims and failed:  # only "no" fails; inconclusive and n/a are counted apart
+        counts = cmp.claim_counts(list(paths))
+        click.echo(f"tfkd: {failed} claim(s) do not hold" + (f" ({counts})" if counts else ""), err=True)
         sys.exit(1)
 
 

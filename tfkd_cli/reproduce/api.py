@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce import report
+from tfkd_cli.reproduce.controls import add_controls
 from tfkd_cli.reproduce.cost import estimate_seconds
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
 from tfkd_cli.reproduce.runner import run_plan, status_of
@@ -67,9 +68,11 @@ def _hms(s: float) -> str:
 def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[str] = None,
               runs_dir: str = "runs/reproduce", teachers: Optional[str] = None, only: Optional[set] = None,
               jobs: int = 1, devices: Optional[list[str]] = None, dry_run: bool = False,
-              report_only: bool = False, retry_failed: bool = False, sets: tuple = (),
+              report_only: bool = False, retry_failed: bool = False, sets: tuple = (), controls: bool = True,
               log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[dict]:
     table = load_table(name)
+    if controls:  # the uniform-teacher and ce x (1 - alpha) runs of every cell with a teacher
+        table = add_controls(table)
     sc = load_scale(scale)
     overrides = check_sets(sets)
     seed_list = list(range(seeds))
