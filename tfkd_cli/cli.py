@@ -266,11 +266,12 @@ def evaluate(target: str, model: Optional[str], width: Optional[float], dataset:
     from rich.table import Table
 
     t = Table(title=f"evaluate {target}")
-    for c in ("checkpoint", "model", "epoch", "top-1 %", "top-5 %", "NLL", "ECE %"):
+    for c in ("checkpoint", "model", "epoch", "top-1 %", "top-5 %", "NLL", "ECE %", "teacher share"):
         t.add_column(c, justify="right" if c not in ("checkpoint", "model") else "left")
-    for r in rows:
+    for r in rows:  # teacher share: of the logit gradient in that epoch's training (tfkd_cli.diagnostics)
+        share = "-" if r.get("teacher_share") is None else f"{r['teacher_share']:.4f}"
         t.add_row(r["checkpoint"], r["model"], str(r.get("epoch") or "-"), f"{r['top1']:.2f}", f"{r['top5']:.2f}",
-                  f"{r['nll']:.4f}", f"{r['ece']:.2f}")
+                  f"{r['nll']:.4f}", f"{r['ece']:.2f}", share)
     Console().print(t)
 
 
