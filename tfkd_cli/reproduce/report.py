@@ -309,6 +309,10 @@ def header_lines(res: dict) -> list[str]:
     return lines
 
 
+def _control(column: dict) -> bool:
+    return "~" in column["key"]  # reproduce.controls.control_key
+
+
 def to_markdown(res: dict) -> str:
     from tabulate import tabulate
 
@@ -319,8 +323,8 @@ def to_markdown(res: dict) -> str:
             if cl["text"] not in claim_texts:
                 claim_texts.append(cl["text"])
     headers = ["row"]
-    for c in cols:
-        headers += [f"{c['title']} (paper)", f"{c['title']} (ours)"]
+    for c in cols:  # a control column has no paper number
+        headers += [f"{c['title']} (ours)"] if _control(c) else [f"{c['title']} (paper)", f"{c['title']} (ours)"]
     with_controls = [t for t in claim_texts if any(cl["text"] == t and controls_text(cl) for r in res["rows"]
                                                      for cl in r["claims"])]
     headers += [f"{t}?" for t in claim_texts] + [f"{t}: beats its controls?" for t in with_controls]
@@ -329,7 +333,8 @@ def to_markdown(res: dict) -> str:
         line = [r["label"]]
         for c in cols:
             cell = r["cells"].get(c["key"])
-            line += list(_cell_text(cell)) if cell else ["", ""]
+            text = list(_cell_text(cell)) if cell else ["", ""]
+            line += text[1:] if _control(c) else text
         by_text = {cl["text"]: cl for cl in r["claims"]}
         for t in claim_texts:
             cl = by_text.get(t)
