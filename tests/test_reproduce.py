@@ -2,7 +2,9 @@
 processes sharing one table, and `tfkd compare` on the results.
 
 The shipped `smoke` scale takes minutes; these tests add a `tiny` scale overlay (2 epochs,
-30 images per class) to a copy of recipes/, so the same plan runs in seconds per run.
+30 images per class) to a copy of recipes/, so the same plan runs in seconds per run. They run
+the table's own 13 runs (`--no-controls`); the control runs and their counts are tested in
+test_table_plans.py and test_controls.py.
 """
 
 import json
@@ -57,7 +59,7 @@ def finished_runs(runs_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def table3(recipes, tmp_path_factory):
     base = tmp_path_factory.mktemp("repro")
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", base / "runs",
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", base / "runs",
              "--out", base / "results", cwd=base)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
@@ -98,7 +100,7 @@ def test_shared_teacher_trained_once(table3):
 def test_rerun_skips_finished_runs(table3, recipes):
     base, _ = table3
     before = finished_runs(base / "runs")
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", base / "runs",
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", base / "runs",
              "--out", base / "results2", cwd=base)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
@@ -119,7 +121,7 @@ def test_results_name_runs_relative_to_the_runs_folder(table3, recipes, tmp_path
     assert all((base / "runs" / d / "summary.json").is_file() for d in runs)
     assert all((base / "runs" / f).is_file() for f in files)
     assert str(base) not in (base / "results" / "table.md").read_text()
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--report-only", "--runs-dir", base / "runs",
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--report-only", "--runs-dir", base / "runs",
              "--out", tmp_path / "again", cwd=tmp_path)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
@@ -129,7 +131,7 @@ def test_results_name_runs_relative_to_the_runs_folder(table3, recipes, tmp_path
 
 
 def test_dry_run_lists_plan(recipes, tmp_path):
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--dry-run", "--runs-dir", tmp_path, cwd=tmp_path)
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--dry-run", "--runs-dir", tmp_path, cwd=tmp_path)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 0, out
     for rid in ("resnet18@s0", "resnet50_pt@s0", "mv2_from_r18pt@s0", "r18_from_rx29pt@s0"):
@@ -140,7 +142,7 @@ def test_dry_run_lists_plan(recipes, tmp_path):
 
 def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
     runs = tmp_path / "runs"
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", runs, "--out", tmp_path / "res",
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", runs, "--out", tmp_path / "res",
              cwd=tmp_path)
     deadline = time.time() + 300
     while len(finished_runs(runs)) < 3 and time.time() < deadline and p.poll() is None:
@@ -149,7 +151,7 @@ def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
     p.communicate()
     done = finished_runs(runs)
     assert 3 <= len(done) < 13
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", runs, "--out", tmp_path / "res",
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", runs, "--out", tmp_path / "res",
              cwd=tmp_path)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
@@ -164,7 +166,7 @@ def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
 
 def test_two_processes_split_the_table(recipes, tmp_path):
     runs = tmp_path / "runs"
-    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--runs-dir", runs,
+    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", runs,
                   "--out", tmp_path / f"res{i}", cwd=tmp_path) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

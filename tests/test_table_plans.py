@@ -501,3 +501,86 @@ def test_imagenet_reduced_scales_keep_torchvision_width(plans, scale):
     _, plan = plans[("tfkd-imagenet", scale)]
     for p in plan:
         assert p.recipe.width == 1.0, f"{p.name}: width {p.recipe.width} on {p.recipe.model}"
+
+
+# -- controls (issue #17): the uniform-teacher run and ce x (1 - alpha) of every cell with a teacher --
+
+# Distinct control runs per seed (uniform teacher, ce x (1 - alpha)); identical controls are one run.
+EXPECTED_CONTROLS = {
+    # normal KD + Re-KD students: 16 cells; one control per distinct (student, alpha, batch size)
+    ("table1", "paper"): (9, 9), ("table1", "mini"): (6, 6), ("table1", "smoke"): (9, 9),
+    # 8 De-KD students: mv2/sv2 at bs 128 (from r18pt, r50pt) and bs 64 (rx29pt), r18 at bs 64 (r50pt, rx29pt)
+    ("table3", "paper"): (5, 5), ("table3", "mini"): (3, 3), ("table3", "smoke"): (5, 5),
+    # 6 Tf-KD_self runs, each its own model
+    ("tfkd-self-cifar100", "paper"): (6, 6), ("tfkd-self-cifar100", "mini"): (6, 6),
+    ("tfkd-self-cifar100", "smoke"): (6, 6),
+    # 4 Tf-KD_reg + 4 normal KD; ce x 0.05 of MobileNetV2 and ShuffleNetV2 is shared by reg and KD
+    ("tfkd-reg-cifar100", "paper"): (8, 6), ("tfkd-reg-cifar100", "mini"): (8, 6),
+    ("tfkd-reg-cifar100", "smoke"): (8, 6),
+    # 2 models x (Tf-KD_self, Tf-KD_reg); both alpha 0.1, so one ce x 0.9 per model
+    ("tfkd-imagenet", "paper"): (4, 2), ("tfkd-imagenet", "mini"): (4, 2), ("tfkd-imagenet", "smoke"): (4, 2),
+}
+
+
+@pytest.mark.parametrize("tid", sorted(EXPECTED_RUNS))
+@pytest.mark.parametrize("scale", SCALES)
+def test_plan_counts_with_and_without_controls(plans, tid, scale, tmp_path):
+    from tfkd_cli.reproduce.controls import add_controls
+
+    table, without = plans[(tid, scale)]
+    plan = build_plan(add_controls(table), load_scale(scale), seeds=SEEDS, runs_dir=tmp_path)
+    n_uniform, n_ce = EXPECTED_CONTROLS[(tid, scale)]
+    for seed in SEEDS:
+        per_seed = unique_runs([p for p in plan if p.seed == seed])
+        assert len(unique_runs([p for p in without if p.seed == seed])) == EXPECTED_RUNS[tid]
+        assert len(per_seed) == EXPECTED_RUNS[tid] + n_uniform + n_ce
+        uniform = [p for p in per_seed if p.id.endswith("~uniform")]
+        ce = [p for p in per_seed if p.id.endswith("~ce")]
+        assert (len(uniform), len(ce)) == (n_uniform, n_ce)
+        assert all(p.recipe.teacher.uniform and not p.recipe.teacher.path and not p.deps for p in uniform)
+        assert all(p.recipe.method == "ce" and 0 < p.recipe.loss.label_weight < 1 and not p.deps for p in ce)
+    # the table's own runs are planned exactly as without controls (same directories)
+    assert {p.dir.name for p in plan if "~" not in p.id} == {p.dir.name for p in without}
+
+
+@pytest.mark.parametrize("tid", sorted(EXPECTED_RUNS))
+def test_every_cell_with_a_teacher_has_both_controls(tid):
+    from tfkd_cli.reproduce.controls import add_controls, control_key
+
+    table = add_controls(load_table(tid))
+    keys = {c.key for c in table.columns}
+    for row in table.rows:
+        for key, cell in row.cells.items():
+            if cell.run is None or "~" in key:
+                continue
+            method = table.runs[cell.run].get("method")
+            has = {control_key(key, k) in row.cells for k in ("uniform", "ce")}
+            assert has == {method in ("kd", "kd_self", "tfkd_reg")}, (tid, row.label, key)
+            if method in ("kd", "kd_self", "tfkd_reg"):
+                assert {control_key(key, "uniform"), control_key(key, "ce")} <= keys
+
+
+def test_ce_control_has_the_label_term_of_its_run(tmp_path):
+    """table3's ResNet18 De-KD student (alpha 0.6) -> ce x 0.4; the alpha-0.95 ones -> ce x 0.05,
+    with the student's batch size; the uniform control keeps alpha and T."""
+    from tfkd_cli.reproduce.controls import add_controls
+
+    plan = build_plan(add_controls(load_table("table3")), load_scale("paper"), seeds=[0], runs_dir=tmp_path)
+    r18, mv2 = _run(plan, "r18_from_r50pt~ce").recipe, _run(plan, "mv2_from_r18pt~ce").recipe
+    assert (r18.loss.label_weight, r18.train.batch_size) == (0.4, 64)
+    assert (mv2.loss.label_weight, mv2.train.batch_size) == (0.05, 128)
+    u = _run(plan, "r18_from_r50pt~uniform").recipe
+    assert (u.method, u.loss.alpha, u.loss.temperature, u.train.batch_size) == ("kd", 0.6, 20.0, 64)
+    assert _run(plan, "mv2_from_r18pt~uniform").dir == _run(plan, "mv2_from_r50pt~uniform").dir  # shared
+
+
+def test_reproduce_no_controls_dry_run(tmp_path):
+    from click.testing import CliRunner
+
+    from tfkd_cli.cli import cli
+
+    args = ["reproduce", "table3", "--scale", "smoke", "--dry-run", "--runs-dir", str(tmp_path)]
+    with_c, without = CliRunner().invoke(cli, args), CliRunner().invoke(cli, args + ["--no-controls"])
+    assert with_c.exit_code == 0 and without.exit_code == 0, with_c.output + without.output
+    assert "23 runs;" in with_c.stdout and "~uniform@s0" in with_c.stdout and "ce w=0.05" in with_c.stdout
+    assert "13 runs;" in without.stdout and "~" not in without.stdout

@@ -8,6 +8,7 @@ seeded, and the student is initialised right after seeding.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,6 +19,7 @@ from torch import nn
 from tfkd_cli import fold
 from tfkd_cli.data import DataSpec, build_data
 from tfkd_cli.data.loaders import Data
+from tfkd_cli.diagnostics import term_norms
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.loading import Loaded, load_model
 from tfkd_cli.losses import NEEDS_TEACHER, build_loss
@@ -42,6 +44,8 @@ class Run:
     arch: dict  # {model, num_classes, width}: what a checkpoint needs to rebuild the student
     autocast: Optional[Callable]
     channels_last: bool
+    # diagnose(logits, labels, teacher_logits) -> tensor([g_label, g_teacher]) of one batch (tfkd_cli.diagnostics)
+    diagnose: Optional[Callable] = None
 
 
 def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: Callable[[str], None] = print,
@@ -66,7 +70,7 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
 
     # Teacher first: a bad teacher path should fail before any file is written.
     teacher = loaded = info = None
-    if recipe.method in NEEDS_TEACHER:
+    if recipe.method in NEEDS_TEACHER and not recipe.teacher.uniform:  # a uniform teacher is no network
         loaded = _load_teacher(recipe, data, log)
         teacher = loaded.model.to(device, memory_format=fmt).eval()
         for p in teacher.parameters():
@@ -93,8 +97,10 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     o = recipe.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay, nesterov=o.nesterov, foreach=True)
-    loss_fn = build_loss(recipe.method, **loss_params(recipe))
-    return Run(data, model, optimizer, loss_fn, teacher, info, cache, arch, autocast, channels_last)
+    loss_fn = build_loss(recipe.method, uniform_teacher=recipe.teacher.uniform, **loss_params(recipe))
+    diagnose = functools.partial(term_norms, recipe.method, uniform_teacher=recipe.teacher.uniform,
+                                 **loss_params(recipe))
+    return Run(data, model, optimizer, loss_fn, teacher, info, cache, arch, autocast, channels_last, diagnose)
 
 
 def load_data(recipe: Recipe, device: torch.device, dd: Dist = Dist(), channels_last: bool = False) -> Data:

@@ -103,7 +103,8 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set optim.lr=0.05 (repeatable)."),
         click.option(*model_flags, default=None, help="Model name (see `tfkd models`), or tv:<torchvision name>."),
         click.option("--method", default=None, cls=RegistryHelp, help_fn=lambda: _methods_help(method_default)),
-        click.option("--teacher", default=None, help="Teacher: a tfkd run directory, a release folder (base_<name>/) or a checkpoint file."),
+        click.option("--teacher", default=None, help="Teacher: a tfkd run directory, a release folder (base_<name>/) or a checkpoint file; "
+                     "`uniform`: the uniform-teacher control (kd, kd_self, tfkd_reg)."),
         click.option("--teacher-epoch", type=int, default=None, help="Use the teacher's kept checkpoint after this many epochs (De-KD)."),
         click.option("--teacher-model", default=None, help="Teacher architecture, needed for official .pth.tar checkpoints."),
         click.option("--dataset", default=None, cls=RegistryHelp, help_fn=_datasets_help),
@@ -156,6 +157,8 @@ def _flag_overrides(kw: dict) -> dict:
         value = kw.get(flag)
         if value is None:
             continue
+        if flag == "teacher" and value == "uniform":  # the uniform-teacher control (./uniform for a folder so named)
+            key, value = "teacher.uniform", True
         node = out
         *parents, leaf = key.split(".")
         for p in parents:
@@ -308,11 +311,12 @@ def evaluate(target: str, model: Optional[str], width: Optional[float], dataset:
     from rich.table import Table
 
     t = Table(title=f"evaluate {target}")
-    for c in ("checkpoint", "model", "epoch", "top-1 %", "top-5 %", "NLL", "ECE %"):
+    for c in ("checkpoint", "model", "epoch", "top-1 %", "top-5 %", "NLL", "ECE %", "teacher share"):
         t.add_column(c, justify="right" if c not in ("checkpoint", "model") else "left")
-    for r in rows:
+    for r in rows:  # teacher share: of the logit gradient in that epoch's training (tfkd_cli.diagnostics)
+        share = "-" if r.get("teacher_share") is None else f"{r['teacher_share']:.4f}"
         t.add_row(r["checkpoint"], r["model"], str(r.get("epoch") or "-"), f"{r['top1']:.2f}", f"{r['top5']:.2f}",
-                  f"{r['nll']:.4f}", f"{r['ece']:.2f}")
+                  f"{r['nll']:.4f}", f"{r['ece']:.2f}", share)
     Console().print(t)
 
 
@@ -364,11 +368,12 @@ def run_cmd(recipe_file: str, sets: tuple, out: str, resume: bool, overwrite: bo
 @click.option("--dry-run", is_flag=True, help="Print the plan: every run, its dependencies and estimated cost.")
 @click.option("--report-only", is_flag=True, help="Write the results table from finished runs; train nothing.")
 @click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
+@click.option("--no-controls", is_flag=True, help="Skip the control runs (uniform teacher, ce x (1 - alpha)) of the cells with a teacher.")
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
 @executor_options
 def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Optional[str], runs_dir: str,
               teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
-              report_only: bool, retry_failed: bool, list_: bool, **placement: Any) -> None:
+              report_only: bool, retry_failed: bool, no_controls: bool, list_: bool, **placement: Any) -> None:
     """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
 
     \b
@@ -395,6 +400,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
     api.reproduce(table, scale=scale, seeds=seeds, out=out, runs_dir=runs_dir, teachers=teachers,
                   only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
                   dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
+                  controls=not no_controls,
                   log=lambda m: click.echo(m, err=True), echo=click.echo, **executor_args(placement))
 
 
@@ -403,7 +409,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
 @click.option("--format", "fmt", type=click.Choice(["rich", "md", "csv", "json"]), default="rich", show_default=True)
 @click.option("--tolerance", type=float, default=2.0, show_default=True,
               help="Highlight cells whose |ours - paper| (or |A - B|) exceeds this many points.")
-@click.option("--fail-on-claims", is_flag=True, help="Exit 1 when a claim does not hold (for CI).")
+@click.option("--fail-on-claims", is_flag=True, help="Exit 1 when a claim does not hold (verdict no; inconclusive does not fail) (for CI).")
 @click.option("--plot", "plot_file", default=None, type=click.Path(dir_okay=False),
               help="Also draw the compared runs' curves into this PNG (run directories only).")
 def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool, plot_file: Optional[str]) -> None:
@@ -422,8 +428,9 @@ def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool, plot
     failed = cmp.compare(list(paths), fmt=fmt, tolerance=tolerance, echo=click.echo)
     if plot_file:
         _plot(list(paths), plot_file, None)
-    if fail_on_claims and failed:
-        click.echo(f"tfkd: {failed} claim(s) do not hold", err=True)
+    if fail_on_claims and failed:  # only "no" fails; inconclusive and n/a are counted apart
+        counts = cmp.claim_counts(list(paths))
+        click.echo(f"tfkd: {failed} claim(s) do not hold" + (f" ({counts})" if counts else ""), err=True)
         sys.exit(1)
 
 

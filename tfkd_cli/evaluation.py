@@ -49,9 +49,16 @@ def evaluate_target(target: Path, *, model: Optional[str] = None, width: Optiona
     else:
         files = [(target.name, target)]
     rows = []
+    history = {r["epoch"]: r for r in rundir.read_metrics(run)} if target.is_dir() else {}
     for label, f in files:
         loaded = load_model(f, model=model, width=width, num_classes=data.num_classes)
         net = fold.eval_model(loaded.model.to(dev), channels_last=dev.type == "cpu")  # as the engine evaluates
         rows.append({"checkpoint": label, "file": str(f), "model": loaded.name, "epoch": loaded.epoch,
-                     **evaluate(net, data.test_batches())})
+                     **evaluate(net, data.test_batches()), **_diagnostics(history.get(str(loaded.epoch)))})
     return rows
+
+
+def _diagnostics(row: Optional[dict]) -> dict:
+    """The training diagnostics of the checkpoint's epoch (metrics.csv; tfkd_cli.diagnostics), None if unknown."""
+    keys = ("grad_label", "grad_teacher", "teacher_share")
+    return {k: float(row[k]) if row and row.get(k) not in (None, "") else None for k in keys}

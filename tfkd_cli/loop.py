@@ -25,6 +25,7 @@ from torch import nn
 from tfkd_cli import checkpoint as ckpt_io
 from tfkd_cli import cl_guard, fold, rundir, tracking
 from tfkd_cli.build import Run
+from tfkd_cli.diagnostics import EpochDiagnostics
 from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
 from tfkd_cli.faults import fault_point, nan_fault
 from tfkd_cli.metrics import evaluate
@@ -80,10 +81,17 @@ class EpochSums:
         # Running epoch sums continue exactly from a mid-epoch checkpoint (float64 -> float is exact).
         ranks = acc.get("ranks")
         if dd.world > 1 and ranks and len(ranks) == dd.world:  # this rank's share of a DDP checkpoint
-            acc = dict(zip(("loss", "correct", "count"), ranks[dd.rank]))
+            mine = ranks[dd.rank]
+            acc = {**dict(zip(("loss", "correct", "count"), mine[:3])), **({"diag": mine[3:]} if mine[3:] else {})}
         self.loss = torch.tensor(acc["loss"], device=device, dtype=torch.float64)
         self.correct = torch.tensor(acc["correct"], device=device, dtype=torch.int64)
         self.count = acc["count"]
+        # -- diagnostics (issue #17): the epoch's sums of the loss-term gradient norms, saved in
+        # mid-epoch checkpoints like the loss sums ([g_label sum, g_teacher sum, batches]).
+        self.diag = EpochDiagnostics()
+        if acc.get("diag") and acc["diag"][2]:
+            self.diag = EpochDiagnostics(torch.tensor(acc["diag"][:2], device=device, dtype=torch.float64),
+                                         int(acc["diag"][2]))
         self.bad_step = torch.full((), -1, device=device, dtype=torch.int64)  # first non-finite step
         self.dd, self.device = dd, device
 
@@ -110,25 +118,31 @@ class EpochSums:
         return int(bad)
 
     def _mine(self) -> dict:
-        return {"loss": float(self.loss), "correct": int(self.correct), "count": self.count}
+        d = self.diag
+        diag = [0.0, 0.0, 0] if d.sums is None else [*d.sums.tolist(), d.batches]
+        return {"loss": float(self.loss), "correct": int(self.correct), "count": self.count, "diag": diag}
 
     def snapshot(self) -> dict:
         """The sums for a mid-epoch checkpoint; with DDP, every rank's own sums."""
         acc = self._mine()
         if self.dd.world > 1:
-            mine = torch.tensor([acc["loss"], acc["correct"], acc["count"]], dtype=torch.float64, device=self.device)
+            mine = torch.tensor([acc["loss"], acc["correct"], acc["count"], *acc["diag"]], dtype=torch.float64,
+                                device=self.device)
             parts = [torch.empty_like(mine) for _ in range(self.dd.world)]
             dist.all_gather(parts, mine)
-            acc["ranks"] = [[float(p[0]), int(p[1]), int(p[2])] for p in parts]
+            acc["ranks"] = [[float(p[0]), int(p[1]), int(p[2]), float(p[3]), float(p[4]), int(p[5])] for p in parts]
         return acc
 
     def totals(self) -> dict:
-        """The epoch's sums over all ranks."""
+        """The epoch's sums over all ranks; "diag": the diagnostics' metrics.csv columns."""
         acc = self._mine()
         if self.dd.world > 1:
-            t = torch.tensor([acc["loss"], acc["correct"], acc["count"]], dtype=torch.float64, device=self.device)
+            t = torch.tensor([acc["loss"], acc["correct"], acc["count"], *acc["diag"]], dtype=torch.float64,
+                             device=self.device)
             dist.all_reduce(t)
-            acc = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2])}
+            acc = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2]), "diag": t[3:].tolist()}
+        gl, gt, n = acc["diag"]
+        acc["diag"] = EpochDiagnostics(torch.tensor([gl, gt], dtype=torch.float64), int(n) if n else 0).row()
         return acc
 
 
@@ -140,6 +154,8 @@ def fit_step(recipe: Recipe, run: Run, fwd: nn.Module, sums: EpochSums, epoch: i
     if nan_fault(sums.dd.rank, step):
         loss = loss * float("nan")
     sums.add(step, loss, logits, y)
+    if run.diagnose is not None:  # diagnostics (issue #17): loss-term gradient norms, from the logits only
+        sums.diag.add(run.diagnose(logits, y, t_out))
     return loss, lr, t_out
 
 
@@ -253,7 +269,8 @@ class EpochLoop:
                    "train_loss": round(acc["loss"] / max(acc["count"], 1), 6),
                    "train_top1": round(acc["correct"] / max(acc["count"], 1) * 100, 4),
                    **{f"test_{k}": round(v, 4) for k, v in test.items()},
-                   **({"val_top1": round(val["top1"], 4), "val_nll": round(val["nll"], 4)} if val else {})}
+                   **({"val_top1": round(val["top1"], 4), "val_nll": round(val["nll"], 4)} if val else {}),
+                   **{k: None if v is None else float(f"{v:.6g}") for k, v in acc["diag"].items()}}  # issue #17
             state.history.append(row)
             is_best = test["top1"] >= state.best["top1"]  # official: ties go to the later epoch
             if is_best:

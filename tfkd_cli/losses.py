@@ -13,11 +13,17 @@ Two semantics, chosen per loss with `semantics=`:
 
 `METHODS` is the method registry (loss, teacher or not, the parameters read and their
 defaults); `build_loss(name, **params)` returns ``loss(student_logits, labels, teacher_logits=None)``.
+
+Two controls (issue #17) separate the teacher from the loss scaling: ``uniform_teacher=True``
+(kd, kd_self, tfkd_reg; recipe ``teacher: {uniform: true}``) replaces the teacher's
+distribution by the uniform u = 1/K in the method's own formula, and ce's ``label_weight`` w
+gives w * CE, the label term of a method with alpha = 1 - w and nothing else.
 Everything is vectorised: no per-sample Python loop (the official Tf-KD_reg has one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
@@ -43,23 +49,31 @@ def _kl(target: Tensor, log_q: Tensor, semantics: str) -> Tensor:
     return elem.sum() / (n * k if semantics == "official" else n)
 
 
-def ce(z: Tensor, y: Tensor, t: Optional[Tensor] = None, **_: object) -> Tensor:
-    """Cross-entropy: CE = mean_i -log softmax(z_i)[y_i]."""
-    return F.cross_entropy(z, y)
+def ce(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, label_weight: float = 1.0, **_: object) -> Tensor:
+    """Cross-entropy, weighted: L = w * CE, CE = mean_i -log softmax(z_i)[y_i] (w = 1: plain CE).
+
+    The control of a row with alpha is w = 1 - alpha: its label term and nothing else.
+    """
+    loss = F.cross_entropy(z, y)
+    return loss if label_weight == 1.0 else label_weight * loss  # w = 1 stays bit-identical
 
 
 def kd(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
-       multiplier: float, semantics: str, **_: object) -> Tensor:
+       multiplier: float, semantics: str, uniform_teacher: bool = False, **_: object) -> Tensor:
     """Knowledge distillation (Hinton et al.), official `loss_kd` / `loss_kd_self`.
 
     L = (1 - a) * CE + a * T^2 * m * KL(s_T(t) || s_T(z)) / R,
     R = N*K (official, KLDivLoss 'mean') or N (paper).
     With m = 1 this is `loss_kd`; Tf-KD_self (`loss_kd_self`) is the same with its multiplier.
+    uniform_teacher: s_T(t) is replaced by u = 1/K (no teacher logits needed).
     """
-    if t is None:
-        raise TfkdError("method kd needs teacher logits (set --teacher)")
     T = temperature
-    soft = F.softmax(_f32(t.detach()) / T, dim=1)
+    if uniform_teacher:
+        soft = torch.full_like(_f32(z), 1.0 / z.shape[1])
+    elif t is None:
+        raise TfkdError("method kd needs teacher logits (set --teacher)")
+    else:
+        soft = F.softmax(_f32(t.detach()) / T, dim=1)
     kl = _kl(soft, F.log_softmax(_f32(z) / T, dim=1), semantics)
     return (1.0 - alpha) * F.cross_entropy(z, y) + alpha * T * T * multiplier * kl
 
@@ -79,15 +93,20 @@ def virtual_teacher(y: Tensor, k: int, correct_prob: float, dtype: torch.dtype =
 
 
 def tfkd_reg(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
-             multiplier: float, correct_prob: float, semantics: str, **_: object) -> Tensor:
+             multiplier: float, correct_prob: float, semantics: str, uniform_teacher: bool = False,
+             **_: object) -> Tensor:
     """Tf-KD_reg: KD from a hand-designed virtual teacher (`loss_kd_regularization`).
 
     target = softmax(p^d / T)   (softmax of probabilities, as in the official code)
     official: L = (1 - a) * CE + a * m * KL(target || softmax(z)) / (N*K)   (no T on z, no T^2)
     paper:    L = (1 - a) * CE + a * m * KL(target || softmax(z / T)) / N   (Eq. 9, tempered student)
+    uniform_teacher: target = u = 1/K instead (the virtual teacher without its shape).
     """
     k = z.shape[1]
-    target = F.softmax(virtual_teacher(y, k, correct_prob, _f32(z).dtype) / temperature, dim=1)
+    if uniform_teacher:
+        target = torch.full_like(_f32(z), 1.0 / k)
+    else:
+        target = F.softmax(virtual_teacher(y, k, correct_prob, _f32(z).dtype) / temperature, dim=1)
     student = _f32(z) / (temperature if semantics == "paper" else 1.0)
     kl = _kl(target, F.log_softmax(student, dim=1), semantics)
     return (1.0 - alpha) * F.cross_entropy(z, y) + alpha * multiplier * kl
@@ -133,6 +152,10 @@ class Method:
     needs_teacher: bool
     defaults: dict[str, Any]  # parameter -> default; the loss reads exactly these
     doc: str
+    uniform_ok: bool = False  # has a teacher distribution that the uniform-teacher control replaces
+    # Parameters read only when set: their default reproduces the method without them, so a
+    # run leaves them out (identity, hash) unless it sets another value (ce's label_weight).
+    optional: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 PARAMS: dict[str, Param] = {
@@ -143,15 +166,19 @@ PARAMS: dict[str, Param] = {
     "epsilon": Param(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "LSR smoothing"),
     "semantics": Param(Literal["official", "paper"], lambda v: v in SEMANTICS, " | ".join(SEMANTICS),
                        "official code or paper equations (module docstring)"),
+    "label_weight": Param(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]",
+                          "ce: weight w on CE; the control of a row with alpha is w = 1 - alpha"),
 }
+
 
 _KD = {"alpha": 0.9, "temperature": 20.0, "multiplier": 1.0, "semantics": "official"}
 METHODS: dict[str, Method] = {
-    "ce": Method(ce, False, {}, "cross-entropy (a baseline or a teacher)"),
-    "kd": Method(kd, True, dict(_KD), "knowledge distillation from a teacher (normal KD, Re-KD, De-KD)"),
-    "kd_self": Method(kd_self, True, dict(_KD), "Tf-KD_self: KD from a pre-trained copy of the model"),
+    "ce": Method(ce, False, {}, "cross-entropy (a baseline or a teacher); x label_weight",
+                 optional={"label_weight": 1.0}),
+    "kd": Method(kd, True, dict(_KD), "knowledge distillation from a teacher (normal KD, Re-KD, De-KD)", True),
+    "kd_self": Method(kd_self, True, dict(_KD), "Tf-KD_self: KD from a pre-trained copy of the model", True),
     # alpha 0.9 like every other method: the value every tfkd_reg run without an explicit alpha has used
-    "tfkd_reg": Method(tfkd_reg, False, {**_KD, "correct_prob": 0.99}, "Tf-KD_reg: KD from a virtual teacher"),
+    "tfkd_reg": Method(tfkd_reg, False, {**_KD, "correct_prob": 0.99}, "Tf-KD_reg: KD from a virtual teacher", True),
     "lsr": Method(lsr, False, {"epsilon": 0.1, "semantics": "official"}, "label smoothing regularization"),
 }
 LOSSES: dict[str, Callable[..., Tensor]] = {name: m.loss for name, m in METHODS.items()}
@@ -165,23 +192,38 @@ def get_method(name: str) -> Method:
 
 
 def method_params(name: str, given: dict) -> dict:
-    """The parameters method `name` reads: its defaults, overridden by the non-None values in `given`."""
+    """The parameters method `name` reads: its defaults, overridden by the non-None values in
+    `given`, and its optional parameters that `given` sets away from their default."""
     m = get_method(name)
-    return {k: given[k] if given.get(k) is not None else d for k, d in m.defaults.items()}
+    out = {k: given[k] if given.get(k) is not None else d for k, d in m.defaults.items()}
+    return {**out, **{k: given[k] for k, d in m.optional.items() if given.get(k) not in (None, d)}}
 
 
-def build_loss(name: str, **params: object) -> Callable[..., Tensor]:
+def uniform_methods() -> list[str]:
+    return [n for n, m in METHODS.items() if m.uniform_ok]
+
+
+def check_uniform(name: str, uniform_teacher: bool) -> None:
+    """The uniform-teacher control exists only for methods with a teacher distribution."""
+    if uniform_teacher and not get_method(name).uniform_ok:
+        raise TfkdError(f"a uniform teacher (--teacher uniform, teacher.uniform) is a control of "
+                        f"{', '.join(uniform_methods())}; method {name} has no teacher to replace")
+
+
+def build_loss(name: str, uniform_teacher: bool = False, **params: object) -> Callable[..., Tensor]:
     """`loss(student_logits, labels, teacher_logits=None)` for a method name and its params.
 
     Parameters the method does not read (and None values) are ignored; unset ones take the
-    method's default.
+    method's default. `uniform_teacher`: the uniform-teacher control (kd, kd_self, tfkd_reg).
     """
     m = get_method(name)
+    check_uniform(name, uniform_teacher)
     unknown = set(params) - set(PARAMS)
     if unknown:
         raise TfkdError(f"unknown loss parameter(s) {', '.join(sorted(unknown))}; allowed: {', '.join(PARAMS)}")
     if params.get("semantics") not in (None, *SEMANTICS):
         raise TfkdError(f"semantics must be one of {', '.join(SEMANTICS)}, got {params['semantics']!r}")
-    fn = functools.partial(m.loss, **method_params(name, params))
+    extra = {"uniform_teacher": True} if uniform_teacher else {}
+    fn = functools.partial(m.loss, **method_params(name, params), **extra)
     functools.update_wrapper(fn, m.loss)
     return fn

@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import METHODS, PARAMS, method_params
+from tfkd_cli.losses import METHODS, PARAMS, check_uniform, method_params
 
 # Version of the run identity. 1 (before tfkd 0.x, commit 35f0c10): every loss parameter,
 # read or not. 2: only the parameters the run's method reads. Runs written under 1 are still
@@ -45,6 +45,7 @@ class TeacherCfg:
     model: Optional[str] = None  # architecture; needed for official checkpoints, else read from the run
     epoch: Optional[int] = None  # a kept epoch checkpoint of the teacher run (De-KD), else its best
     width: Optional[float] = None  # width of an official checkpoint's model (default 1.0)
+    uniform: bool = False  # control: the uniform distribution instead of a teacher (kd, kd_self, tfkd_reg)
 
 
 def _loss_cfg() -> type:
@@ -162,6 +163,7 @@ class Recipe:
             d["data"].pop(k)
         if not d["data"]["val_per_class"]:  # no split: the identity (and hash) of runs made before the field
             d["data"].pop("val_per_class")
+        d["loss"] = {k: d["loss"][k] for k in _V1_LOSS}  # the loss fields there were then
         return d
 
     def hash(self) -> str:
@@ -170,11 +172,9 @@ class Recipe:
 
     def legacy_hash(self) -> Optional[str]:
         """The hash identity version 1 gave this run, or None if no version-1 run could be it."""
-        d = self.identity_v1()
-        defaults = LossCfg()
-        if any(d["loss"][k] != getattr(defaults, k) for k in d["loss"] if k not in _V1_LOSS):
+        d, loss, defaults = self.identity_v1(), dataclasses.asdict(self.loss), LossCfg()
+        if self.teacher.uniform or any(v != getattr(defaults, k) for k, v in loss.items() if k not in _V1_LOSS):
             return None
-        d["loss"] = {k: d["loss"][k] for k in _V1_LOSS}
         return _hash(d)
 
     def matches_hash(self, h: Optional[str]) -> bool:
@@ -182,8 +182,17 @@ class Recipe:
         return h is not None and h in (self.hash(), self.legacy_hash())
 
 
-def _hash(identity: dict) -> str:
+def stable(identity: dict) -> dict:
+    """The identity as hashed: teacher.uniform (a control, added later) is left out when
+    false, so the runs made before it keep their hash."""
     d = copy.deepcopy(identity)
+    if not d["teacher"].get("uniform"):
+        d["teacher"].pop("uniform", None)
+    return d
+
+
+def _hash(identity: dict) -> str:
+    d = stable(identity)
     for k in ("checkpoint_every", "keep_epochs"):  # which files are written, not the numbers
         d["train"].pop(k)
     blob = json.dumps(d, sort_keys=True, default=str).encode()
@@ -315,8 +324,16 @@ def _check_ranges(r: Recipe, src: str) -> None:
         bad("data.per_class", f"> 0 or null (got {r.data.per_class})")
     if r.data.val_per_class < 0:
         bad("data.val_per_class", f">= 0 (got {r.data.val_per_class})")
-    if METHODS[r.method].needs_teacher and not r.teacher.path:
-        bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher)")
+    try:
+        check_uniform(r.method, r.teacher.uniform)
+    except TfkdError as e:
+        raise TfkdError(f"{src}: teacher.uniform: {e}") from None
+    if r.teacher.uniform and r.teacher.path:
+        bad("teacher.path", f"empty with teacher.uniform (the uniform teacher loads no network; got {r.teacher.path!r})")
+    if r.loss.label_weight is not None and "label_weight" not in METHODS[r.method].optional:
+        bad("loss.label_weight", f"unset for method {r.method}, which does not read it (only ce does)")
+    if METHODS[r.method].needs_teacher and not r.teacher.path and not r.teacher.uniform:
+        bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher; or teacher.uniform)")
     if r.teacher.epoch is not None and r.teacher.epoch <= 0:
         bad("teacher.epoch", f">= 1 (got {r.teacher.epoch})")
     if r.runtime.wandb is not None and not r.runtime.wandb.strip():

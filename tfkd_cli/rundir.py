@@ -67,7 +67,8 @@ def write_metrics(run: Path, rows: list[dict]) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    names = list(dict.fromkeys(k for r in rows for k in r))  # rows of a run resumed from an older tfkd may lack some
+    w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(Path(run) / METRICS, buf.getvalue())

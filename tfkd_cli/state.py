@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
+from typing import Optional
+
 from tfkd_cli.selection import select_epochs, test_view
 
 
@@ -41,9 +43,17 @@ class State:
         picked = select_epochs(hist)  # selected: best on the validation split (None without one)
         return {"epochs_done": self.epoch, "resumes": self.resumes, "best": test_view(best),
                 "selected": picked["selected"], "last": picked["last"],
+                "diagnostics": _diagnostics(hist[-1] if hist else None),
                 "train_time_s": round(self.train_time, 2),
                 "run_time_s": round(self.run_time, 2) if self.run_time_known else None,
                 "images_per_s": round(self.images / self.train_time, 1) if self.train_time > 0 else None}
+
+
+def _diagnostics(row: Optional[dict]) -> Optional[dict]:
+    """The last epoch's loss-term diagnostics (tfkd_cli.diagnostics), None before any epoch."""
+    if row is None:
+        return None
+    return {k: row.get(k) for k in ("grad_label", "grad_teacher", "teacher_share")}
 
 
 class Clock:

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce import report
+from tfkd_cli.reproduce.controls import add_controls
 from tfkd_cli.reproduce.cost import estimate_seconds
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
 from tfkd_cli.reproduce.runner import EXECUTORS, LocalOptions, status_of
@@ -48,14 +49,15 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
            "(rough: per-image times measured per model, see tfkd_cli/reproduce/cost.py)"
 
 
-_SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m"}  # shown in the plan, with their values
+_SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m", "label_weight": "w"}  # shown in the plan
 
 
 def _loss_text(r) -> str:
     """ a=.. T=.. (m=.. unless 1) for the methods that read them."""
     p = r.loss_params()
     return "".join(f" {short}={p[k]:g}" for k, short in _SHORT.items()
-                   if k in p and not (k == "multiplier" and p[k] == 1))
+                   if k in p and not (k in ("multiplier", "label_weight") and p[k] == 1)) \
+        + (" uniform-teacher" if r.teacher.uniform else "")
 
 
 def _hms(s: float) -> str:
@@ -66,10 +68,12 @@ def _hms(s: float) -> str:
 def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[str] = None,
               runs_dir: str = "runs/reproduce", teachers: Optional[str] = None, only: Optional[set] = None,
               jobs: int = 1, devices: Optional[list[str]] = None, dry_run: bool = False,
-              report_only: bool = False, retry_failed: bool = False, sets: tuple = (),
+              report_only: bool = False, retry_failed: bool = False, sets: tuple = (), controls: bool = True,
               executor: str = "local", executor_options: Optional[object] = None, status: bool = False,
               log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[dict]:
     table = load_table(name)
+    if controls:  # the uniform-teacher and ce x (1 - alpha) runs of every cell with a teacher
+        table = add_controls(table)
     sc = load_scale(scale)
     overrides = check_sets(sets)
     seed_list = list(range(seeds))

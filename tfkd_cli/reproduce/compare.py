@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.reproduce.report import noise_note
+from tfkd_cli.reproduce.report import controls_text, noise_note, verdict_text
 
 
 def _kind(p: Path) -> str:
@@ -45,6 +45,14 @@ def compare(paths: list[str], *, fmt: str = "rich", tolerance: float = 2.0,
     raise TfkdError("compare takes one results folder (vs the paper) or two (row by row)")
 
 
+def claim_counts(paths: list[str]) -> Optional[str]:
+    """The outcome counts of the last results folder's claims (the one --fail-on-claims judges)."""
+    p = Path(paths[-1])
+    if _kind(p) == "run":
+        return None
+    return tally([cl for r in _load_results(p)["rows"] for cl in r["claims"]])
+
+
 def _emit(headers: list[str], rows: list[list], flags: list[bool], fmt: str, title: str,
           echo: Callable[[str], None], notes: Optional[list[str]] = None) -> None:
     if fmt == "json":
@@ -79,9 +87,25 @@ def _emit(headers: list[str], rows: list[list], flags: list[bool], fmt: str, tit
 
 
 def _verdict_text(cl: dict) -> str:
-    """yes/no, with the noise qualifier when the difference is not clear of seed noise."""
-    note = noise_note(cl)
-    return cl["verdict"] + (f" ({note})" if note else "")
+    """yes / no / inconclusive (<reason>), with the noise qualifier when the difference is not
+    clear of seed noise, and the "beats its controls?" verdict where the claim has controls."""
+    note = noise_note(cl) if cl["verdict"] in ("yes", "no") else None
+    ctrl = controls_text(cl)
+    return verdict_text(cl) + (f" ({note})" if note else "") + (f"; beats its controls: {ctrl}" if ctrl else "")
+
+
+OUTCOMES = ("yes", "no", "inconclusive", "n/a")
+
+
+def tally(claims: list[dict], key: str = "verdict") -> str:
+    """How many claims came out yes, no, inconclusive and n/a (each counted apart)."""
+    n = {o: sum(cl.get(key) == o for cl in claims) for o in OUTCOMES}
+    return ", ".join(f"{n[o]} {o}" for o in OUTCOMES)
+
+
+def _tally_note(claims: list[dict], what: str = "claims") -> str:
+    ctrl = [cl for cl in claims if cl.get("controls_verdict")]
+    return f"{what}: {tally(claims)}" + (f"; beats its controls: {tally(ctrl, 'controls_verdict')}" if ctrl else "")
 
 
 def _f(x: Optional[float], sign: bool = False) -> str:
@@ -113,7 +137,8 @@ def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None]) -> i
             + ("comparable with the paper" if h["comparable_with_paper"] else
                "NOT comparable with the paper (reduced protocol): compare claims, not numbers"))
     _emit(headers, rows, flags, fmt, f"{res['table']}: {res['title']}", echo,
-          [note, f"highlighted: a claim that does not hold, or |delta| > {tol} at a comparable scale"])
+          [note, _tally_note([cl for r in res["rows"] for cl in r["claims"]]),
+           f"highlighted: a claim that does not hold, or |delta| > {tol} at a comparable scale"])
     return failed
 
 
@@ -137,7 +162,9 @@ def _two_results(a: dict, b: dict, na: str, nb: str, fmt: str, tol: float, echo:
             rows.append([r["label"], c.get("name") or key, _f(c.get("paper")), _f(ma), _f(mb), _f(diff, True), va, vb])
             flags.append((diff is not None and abs(diff) > tol) or va != vb)
     _emit(headers, rows, flags, fmt, f"{a['table']}: A = {na}, B = {nb}", echo,
-          [f"highlighted: |B - A| > {tol} or verdicts that differ"])
+          [_tally_note([cl for r in a["rows"] for cl in r["claims"]], "claims A"),
+           _tally_note([cl for r in b["rows"] for cl in r["claims"]], "claims B"),
+           f"highlighted: |B - A| > {tol} or verdicts that differ"])
     return failed
 
 

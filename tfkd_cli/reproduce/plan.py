@@ -24,7 +24,7 @@ from typing import Optional
 
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import canonical_name, is_torchvision
-from tfkd_cli.recipe import DataCfg, Recipe, dataset_profile, from_dict, merge, pick
+from tfkd_cli.recipe import DataCfg, Recipe, dataset_profile, from_dict, merge, pick, stable
 from tfkd_cli.reproduce.spec import Scale, Table
 
 
@@ -168,7 +168,7 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
 
 
 def _key(identity: dict, teacher_key: Optional[str]) -> str:
-    d = copy.deepcopy(identity)  # kept epochs count here: a run dir must hold the files asked of it
+    d = stable(identity)  # kept epochs count here: a run dir must hold the files asked of it
     if teacher_key is not None:
         d["teacher"]["path"] = teacher_key
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

@@ -20,6 +20,7 @@ from tfkd_cli.checkpoint import atomic_write, atomic_write_text
 from tfkd_cli.plots import table_curves
 from tfkd_cli.reproduce.plan import PlannedRun, scale_epoch, unique_runs
 from tfkd_cli.reproduce.spec import Scale, Table
+from tfkd_cli.reproduce.verdicts import claim_verdicts, criteria
 
 NA = "n/a"
 
@@ -58,7 +59,7 @@ def _release_top1(p: PlannedRun, epoch, plan: list[PlannedRun]) -> Optional[floa
 def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[PlannedRun]) -> dict:
     """Per-seed values of one cell: the reported top-1 and, for reference, best, last and, for runs
     with a validation split, the test top-1 at the val-selected epoch."""
-    vals, best, last, train, dirs, teachers, selected = [], [], [], [], [], [], []
+    vals, best, last, train, dirs, teachers, selected, diag = [], [], [], [], [], [], [], []
     for p in runs:
         if p.external:  # the authors' file: only its accuracy as measured before distilling
             v = _release_top1(p, cell.epoch, plan)
@@ -84,12 +85,37 @@ def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[Planned
         if s.get("selected"):
             selected.append(s["selected"]["top1"])
         train.append(l.get("train_top1"))
+        diag.append(_run_diagnostics(p.dir, s))
         if s.get("teacher"):
             t = s["teacher"]
             teachers.append({"source": t["source"], "file": _in_runs(t["file"], p.dir.parent), "sha256": t["sha256"],
                              "top1": t.get("test", {}).get("top1")})
     return {"values": vals, "best": best, "last": last, "train": [t for t in train if t is not None],
-            "dirs": dirs, "teachers": teachers, "selected": selected}
+            "dirs": dirs, "teachers": teachers, "selected": selected, "diag": diag}
+
+
+def _run_diagnostics(run: Path, s: dict) -> dict:
+    """teacher_share at the first and the last epoch (metrics.csv, summary.json), None where unknown."""
+    rows = rundir.read_metrics(run)
+    first = rows[0].get("teacher_share") if rows else None
+    last = (s.get("diagnostics") or {}).get("teacher_share")
+    return {"first": float(first) if first not in (None, "") else None, "last": last}
+
+
+def _diag_means(diag: list[dict]) -> dict:
+    return {f"teacher_share_{k}": _mean_std([d[k] for d in diag if d[k] is not None])[0] for k in ("first", "last")}
+
+
+def _cell_method(runs: list[PlannedRun]) -> Optional[str]:
+    return runs[0].recipe.method if runs else None
+
+
+def _chance(runs: list[PlannedRun]) -> float:
+    """Chance top-1 in % (100/K) of the runs' dataset; CIFAR-100's when unknown."""
+    from tfkd_cli.data.registry import DATASETS
+
+    info = DATASETS.get(runs[0].recipe.data.dataset) if runs else None
+    return 100.0 / ((info.num_classes if info else None) or 100)
 
 
 def _mean_std(xs: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -121,6 +147,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
                           "teachers": v["teachers"], "n_selected": len(v["selected"]),
                           "selected_mean": _mean_std(v["selected"])[0], "selected_std": _mean_std(v["selected"])[1],
                           "run_epoch": scale_epoch(cell.epoch, scale.epoch_factor) if cell.epoch else None,
+                          "method": _cell_method(by_id.get(cell.run, [])), **_diag_means(v["diag"]),
                           "delta_paper": None if mean is None or cell.paper is None else mean - cell.paper})
             else:
                 c.update({"mean": None, "std": None, "n": 0})
@@ -130,13 +157,14 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
             a, b = cells.get(cl.column), cells.get(cl.baseline)
             if a is None or b is None:
                 continue
-            ours = _verdict(cl, a.get("mean"), b.get("mean"))
+            ours, beats = claim_verdicts(cl, cells, table.claims, chance=_chance(by_id.get(a.get("run"), [])))
             paper = _verdict(cl, a.get("paper"), b.get("paper"))
             gain = None if a.get("mean") is None or b.get("mean") is None else a["mean"] - b["mean"]
             paper_gain = None if a.get("paper") is None or b.get("paper") is None else a["paper"] - b["paper"]
             claims.append({"text": cl.text, "kind": cl.kind, "column": cl.column, "baseline": cl.baseline,
-                           "gain": gain, "paper_gain": paper_gain, "verdict": ours, "paper_verdict": paper,
-                           "noise": _noise(gain, a, b)})
+                           "gain": gain, "paper_gain": paper_gain, "verdict": ours.outcome, "reason": ours.reason,
+                           "paper_verdict": paper, "noise": _noise(gain, a, b),
+                           **({"controls_verdict": beats.outcome, "controls_reason": beats.reason} if beats else {})})
             a.setdefault("gain_over", {})[cl.baseline] = gain
         rows.append({"label": row.label, "note": row.note, "cells": cells, "claims": claims})
     header = _header(table, scale, plan, seeds)
@@ -157,6 +185,17 @@ def _noise(gain: Optional[float], a: dict, b: dict) -> Optional[str]:
         return "1 seed"
     se = math.sqrt(a["std"] ** 2 / na + b["std"] ** 2 / nb)
     return "clear" if abs(gain) > 2 * se else "within noise"
+
+
+def verdict_text(claim: dict) -> str:
+    """yes / no / inconclusive (<reason>) / n/a."""
+    return claim["verdict"] + (f" ({claim['reason']})" if claim.get("reason") else "")
+
+
+def controls_text(claim: dict) -> Optional[str]:
+    """The "beats its controls?" verdict, None for a claim without controls."""
+    v = claim.get("controls_verdict")
+    return None if v is None else v + (f" ({claim['controls_reason']})" if claim.get("controls_reason") else "")
 
 
 def noise_note(claim: dict) -> Optional[str]:
@@ -242,7 +281,9 @@ def to_frame(res: dict):
                 "train_top1": c.get("train_top1_mean"), "delta_paper": c.get("delta_paper"),
                 "val_selected_top1": c.get("selected_mean"), "val_selected_std": c.get("selected_std"),
                 "gain": cl["gain"] if cl else None, "claim": cl["text"] if cl else None,
-                "verdict": cl["verdict"] if cl else None, "paper_verdict": cl["paper_verdict"] if cl else None,
+                "verdict": verdict_text(cl) if cl else None, "paper_verdict": cl["paper_verdict"] if cl else None,
+                "beats_controls": controls_text(cl) if cl else None,
+                "teacher_share_first": c.get("teacher_share_first"), "teacher_share_last": c.get("teacher_share_last"),
             })
     return pd.DataFrame(lines)
 
@@ -280,8 +321,13 @@ def header_lines(res: dict) -> list[str]:
     lines += [
         "- verdicts compare the means; \"within noise\" marks a difference smaller than two standard errors "
         "over seeds, \"1 seed\" one whose noise is unknown",
+        f"- {criteria()}",
     ]
     return lines
+
+
+def _control(column: dict) -> bool:
+    return "~" in column["key"]  # reproduce.controls.control_key
 
 
 def to_markdown(res: dict) -> str:
@@ -294,15 +340,18 @@ def to_markdown(res: dict) -> str:
             if cl["text"] not in claim_texts:
                 claim_texts.append(cl["text"])
     headers = ["row"]
-    for c in cols:
-        headers += [f"{c['title']} (paper)", f"{c['title']} (ours)"]
-    headers += [f"{t}?" for t in claim_texts]
+    for c in cols:  # a control column has no paper number
+        headers += [f"{c['title']} (ours)"] if _control(c) else [f"{c['title']} (paper)", f"{c['title']} (ours)"]
+    with_controls = [t for t in claim_texts if any(cl["text"] == t and controls_text(cl) for r in res["rows"]
+                                                     for cl in r["claims"])]
+    headers += [f"{t}?" for t in claim_texts] + [f"{t}: beats its controls?" for t in with_controls]
     body = []
     for r in res["rows"]:
         line = [r["label"]]
         for c in cols:
             cell = r["cells"].get(c["key"])
-            line += list(_cell_text(cell)) if cell else ["", ""]
+            text = list(_cell_text(cell)) if cell else ["", ""]
+            line += text[1:] if _control(c) else text
         by_text = {cl["text"]: cl for cl in r["claims"]}
         for t in claim_texts:
             cl = by_text.get(t)
@@ -311,7 +360,8 @@ def to_markdown(res: dict) -> str:
                 continue
             noise = f", {noise_note(cl)}" if noise_note(cl) else ""
             g = "" if cl["gain"] is None else f" ({cl['gain']:+.2f}{noise}; paper {_fmt(cl['paper_gain'])})"
-            line.append(f"{cl['verdict']}{g}")
+            line.append(f"{verdict_text(cl)}{g}")
+        line += [controls_text(by_text[t]) or "" if t in by_text else "" for t in with_controls]
         body.append(line)
     out = "\n".join(header_lines(res)) + "\n\n" + tabulate(body, headers=headers, tablefmt="github") + "\n"
     detail = []
@@ -319,11 +369,14 @@ def to_markdown(res: dict) -> str:
         for key, c in r["cells"].items():
             if c.get("n"):
                 detail.append([r["label"], key, _fmt(c.get("best_mean")), _fmt(c.get("last_mean")),
-                               _fmt(c.get("train_top1_mean")), _fmt(c.get("delta_paper"))])
+                               _fmt(c.get("train_top1_mean")), _fmt(c.get("delta_paper")),
+                               _fmt(c.get("teacher_share_first"), 4), _fmt(c.get("teacher_share_last"), 4)])
     if detail:
         out += "\nPer cell: best-epoch and last-epoch test top-1, final train top-1 (augmented batches), " \
-               "delta to the paper.\n\n"
-        out += tabulate(detail, headers=["row", "column", "best-epoch", "last-epoch", "train", "delta paper"],
+               "delta to the paper, teacher_share (the teacher term's share of the logit gradient, " \
+               "tfkd_cli/diagnostics.py) at the first and last epoch.\n\n"
+        out += tabulate(detail, headers=["row", "column", "best-epoch", "last-epoch", "train", "delta paper",
+                                         "teacher_share first", "teacher_share last"],
                         tablefmt="github") + "\n"
     teachers = sorted({(t["source"], t["file"], t["sha256"][:16]) for r in res["rows"]
                        for c in r["cells"].values() for t in c.get("teachers") or []})
@@ -338,38 +391,69 @@ def to_markdown(res: dict) -> str:
 
 
 def to_png(res: dict, path: Path) -> None:
+    """Each claim's gain (ours mean ± std beside the paper's printed gain); at a scale
+    comparable with the paper also the absolute accuracies, in a first panel. Absolute numbers
+    of a reduced protocol cannot be compared with the paper's, so they are not drawn there."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, paper, ours, err = [], [], [], []
-    for r in res["rows"]:
-        for key, c in r["cells"].items():
-            if not c.get("run"):
-                continue
-            col = next(cc["title"] for cc in res["columns"] if cc["key"] == key)
-            labels.append(f"{r['label']}\n{col}")
-            paper.append(c["paper"] if c.get("paper") is not None else math.nan)
-            ours.append(c["mean"] if c.get("mean") is not None else math.nan)
-            err.append(c["std"] or 0.0 if c.get("mean") is not None else 0.0)
-    n = len(labels)
-    fig, ax = plt.subplots(figsize=(max(8, 0.55 * n + 2), 5.5))
-    xs = list(range(n))
-    ax.bar([x - 0.2 for x in xs], paper, width=0.4, label="paper", color="#9aa5b1")
-    ax.bar([x + 0.2 for x in xs], ours, width=0.4, yerr=err, capsize=2, label="tfkd (mean ± std)", color="#2f6fb0")
-    ax.set_xticks(xs)
-    ax.set_xticklabels(labels, rotation=75, ha="right", fontsize=6)
-    ax.set_ylabel("top-1 test accuracy (%)")
     h = res["header"]
-    ax.set_title(f"{res['table']} at scale {h['scale']} on {h['dataset']} (seeds {len(h['seeds'])})"
-                 + ("" if h["comparable_with_paper"] else " - not comparable with the paper"), fontsize=9)
-    ax.legend(fontsize=8)
+    both = h["comparable_with_paper"]
+    n = max(len(_cells_plotted(res)), sum(len(r["claims"]) for r in res["rows"]), 1)
+    fig, axes = plt.subplots(2 if both else 1, 1, figsize=(max(8, 0.55 * n + 2), 10 if both else 5.5), squeeze=False)
+    if both:
+        _absolute_panel(axes[0][0], res)
+    _gain_panel(axes[-1][0], res)
+    fig.suptitle(f"{res['table']} at scale {h['scale']} on {h['dataset']} (seeds {len(h['seeds'])})"
+                 + ("" if both else " - not comparable with the paper: gains only"), fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _cells_plotted(res: dict) -> list[tuple[str, dict]]:
+    out = []
+    for r in res["rows"]:
+        for key, c in r["cells"].items():
+            if c.get("run"):
+                col = next(cc["title"] for cc in res["columns"] if cc["key"] == key)
+                out.append((f"{r['label']}\n{col}", c))
+    return out
+
+
+def _bars(ax, labels: list[str], paper: list[float], ours: list[float], err: list[float], ylabel: str) -> None:
+    xs = list(range(len(labels)))
+    ax.bar([x - 0.2 for x in xs], paper, width=0.4, label="paper", color="#9aa5b1")
+    ax.bar([x + 0.2 for x in xs], ours, width=0.4, yerr=err, capsize=2, label="tfkd (mean ± std)", color="#2f6fb0")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=75, ha="right", fontsize=6)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
+def _absolute_panel(ax, res: dict) -> None:
+    cells = _cells_plotted(res)
+    nan = lambda x: math.nan if x is None else x  # noqa: E731
+    _bars(ax, [label for label, _ in cells], [nan(c.get("paper")) for _, c in cells],
+          [nan(c.get("mean")) for _, c in cells], [c.get("std") or 0.0 for _, c in cells], "top-1 test accuracy (%)")
+
+
+def _gain_panel(ax, res: dict) -> None:
+    """Per claim: our gain (treated - compared mean), ± sqrt(std_a^2 + std_b^2), and the paper's."""
+    labels, paper, ours, err = [], [], [], []
+    for r in res["rows"]:
+        for cl in r["claims"]:
+            a, b = r["cells"][cl["column"]], r["cells"][cl["baseline"]]
+            labels.append(f"{r['label']}\n{cl['text']}: {cl['verdict']}")
+            paper.append(math.nan if cl.get("paper_gain") is None else cl["paper_gain"])
+            ours.append(math.nan if cl.get("gain") is None else cl["gain"])
+            err.append(math.hypot(a.get("std") or 0.0, b.get("std") or 0.0) if cl.get("gain") is not None else 0.0)
+    _bars(ax, labels, paper, ours, err, "gain of the claim (top-1 points)")
+    ax.axhline(0.0, color="black", linewidth=0.6)
 
 
 def write(res: dict, out: Path) -> list[Path]:

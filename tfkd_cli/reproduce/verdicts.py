@@ -139,3 +139,45 @@ def beats_controls(treated: dict, controls: dict[str, dict], baseline: dict, *, 
         if margin <= noise:
             worst = worst or (f"{margin:+.2f} over {name}" + (", within noise" if margin > -noise else ""))
     return Verdict("no", worst) if worst else Verdict("yes")
+
+
+# -- a table's claims -------------------------------------------------------------------
+
+REGULARISERS = ("kd", "kd_self", "tfkd_reg", "lsr")
+
+
+def baseline_cell(claim, cells: dict, claims: list) -> dict:
+    """The row's CE baseline of a claim: its compared cell if that is a ce run, else the ce
+    cell another claim on the same treated column compares with (else any claim's)."""
+    compared = cells[claim.baseline]
+    if compared.get("method") == "ce":
+        return compared
+    for same_column in (True, False):
+        for other in claims:
+            c = cells.get(other.baseline)
+            if c is not None and c.get("method") == "ce" and (other.column == claim.column or not same_column):
+                return c
+    return compared
+
+
+def claim_verdicts(claim, cells: dict, claims: list, *, chance: float,
+                   th: Thresholds = DEFAULT) -> tuple[Verdict, Optional[Verdict]]:
+    """A table claim's verdict and, where its treated column has controls in the row, whether
+    it beats them (`controls.add_controls`); `cells` are one row's result cells."""
+    from tfkd_cli.reproduce.controls import controls_of
+
+    a, b = cells[claim.column], cells[claim.baseline]
+    base = baseline_cell(claim, cells, claims)
+    reg = claim.kind == "improves" and a.get("method") in REGULARISERS and b.get("method") == "ce"
+    verdict = claim_verdict(claim.kind, a, b, base, chance=chance, regularisation=reg, tolerance=claim.tolerance,
+                            names=(claim.column, claim.baseline), th=th)
+    ctrl = controls_of(cells, claim.column)
+    return verdict, (beats_controls(a, ctrl, base, chance=chance, th=th) if ctrl else None)
+
+
+def criteria(th: Thresholds = DEFAULT) -> str:
+    """The verdicts' criteria in one line, for a table header (docs/verdicts.md)."""
+    return (f"inconclusive: a compared run below {th.chance_multiple:g}x chance or {th.baseline_fraction:g}x "
+            f"its baseline's train top-1, or a regularisation claim whose baseline over-fits by "
+            f"< {th.min_fit_gap:g} points; beats its controls: > 2 standard errors above the uniform-teacher "
+            "run and ce x (1 - alpha) (docs/verdicts.md)")
