@@ -106,7 +106,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
         run(plan, executor_options or LocalOptions(jobs, devices), Path(runs_dir), retry_failed=retry_failed, log=log)
     res = report.build_results(table, sc, plan, seed_list, sets=list(sets))
     out_dir = Path(out) if out else Path("results") / table.table / sc.scale
-    files = report.write(res, out_dir)
+    files = report.write(res, out_dir, Path(runs_dir))
     echo(report.to_markdown(res))
     log("wrote " + ", ".join(str(f) for f in files))
     return res

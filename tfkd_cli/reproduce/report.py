@@ -456,7 +456,8 @@ def _gain_panel(ax, res: dict) -> None:
     ax.axhline(0.0, color="black", linewidth=0.6)
 
 
-def write(res: dict, out: Path) -> list[Path]:
+def write(res: dict, out: Path, runs_dir: Path = Path(".")) -> list[Path]:
+    """The table's files in `out`; `runs_dir` is the runs folder its cells' runs are named in."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "table.json", json.dumps(res, indent=2) + "\n")
@@ -465,5 +466,5 @@ def write(res: dict, out: Path) -> list[Path]:
     atomic_write_text(out / "table.csv", meta + frame.to_csv(index=False))
     atomic_write_text(out / "table.md", to_markdown(res))
     to_png(res, out / "table.png")
-    curves = ["curves.png"] if table_curves(res, out / "curves.png") else []
+    curves = ["curves.png"] if table_curves(res, out / "curves.png", Path(runs_dir)) else []
     return [out / n for n in ("table.md", "table.csv", "table.json", "table.png", *curves)]
