@@ -35,7 +35,8 @@ def test_plot_two_runs_writes_a_png_of_the_default_metrics(runs, tmp_path):
     out = tmp_path / "two.png"
     r = run("plot", runs / "r18", runs / "mv2", "--out", out)
     assert out.read_bytes().startswith(PNG) and out.stat().st_size > 10_000
-    assert "(test_top1, train_top1, train_loss, lr)" in r.stdout  # no teacher_share/val_top1 columns here
+    # every run records teacher_share (issue #17; lsr's is its smoothing term), no run here has a val split
+    assert "(test_top1, train_top1, train_loss, lr, teacher_share)" in r.stdout
 
 
 def test_plot_a_folder_of_runs_and_chosen_metrics(runs, tmp_path):

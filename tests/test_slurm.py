@@ -41,8 +41,9 @@ def _env(cluster, **extra) -> dict:
 
 
 def _cmd(runs: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tfkd_cli", "reproduce", "table3", "--scale", "smoke", "--executor", "slurm",
-            "--runs-dir", str(runs), "--out", str(runs.parent / "results"), "--slurm-cpus-per-run", "1",
+    # --no-controls: the table's own 13 runs (the controls are ordinary runs; tests/test_controls.py)
+    return [sys.executable, "-m", "tfkd_cli", "reproduce", "table3", "--scale", "smoke", "--no-controls",
+            "--executor", "slurm", "--runs-dir", str(runs), "--out", str(runs.parent / "results"), "--slurm-cpus-per-run", "1",
             "--slurm-time", "30", *extra]
 
 
