@@ -95,6 +95,8 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
     active: list[Job] = []
     slot_devices = list(devices or [])
     next_slot = 0
+    if jobs == 1:  # import the engine before any lock check, not between a check and train's lock
+        from tfkd_cli import engine  # noqa: F401  (seconds on first import: a wide race window)
     try:
         while todo or active:
             # Reap finished children.
@@ -122,8 +124,6 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
                     log(f"FAILED {p.name:28s} exit {rc}: {tail[0] if tail else ''} (log: {job.log})")
             # Start what is ready.
             started = False
-            if jobs == 1:  # import the engine before checking locks, not between the check and train's lock
-                from tfkd_cli import engine  # noqa: F401  (seconds on first import: a wide race window)
             for p in list(todo):
                 if len(active) >= jobs:
                     break
