@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from tfkd_cli.data.loaders import build_data
+from tfkd_cli.data import build_data
 from tfkd_cli.diagnostics import EpochDiagnostics, term_norms
 from tfkd_cli.losses import build_loss
 from tfkd_cli.models import build_model

@@ -26,7 +26,7 @@ from tfkd_cli.losses import NEEDS_TEACHER, build_loss
 from tfkd_cli.metrics import evaluate
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.recipe import Recipe
-from tfkd_cli.runtime import Dist, autocast_for, channels_last_for, configure_torch, seed_everything
+from tfkd_cli.runtime import Dist, autocast_for, configure_torch, seed_everything
 from tfkd_cli.teacher_cache import TeacherCache
 
 
@@ -58,7 +58,7 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     the teacher on the test split (into teacher_info["test"]) and log it.
     """
     configure_torch(recipe.runtime, device)
-    channels_last = channels_last_for(recipe.runtime, device, log)
+    channels_last = recipe.runtime.channels_last  # safe with any thread count: loop.train_step's cl_guard
     # train.batch_size is the global batch (the lr is scaled from it, as officially); with
     # torchrun each of the N processes takes batch_size / N of it.
     if recipe.train.batch_size % dd.world:

@@ -1,4 +1,7 @@
-"""The `tfkd` command line.
+"""The `tfkd` command line: the group, the training commands, evaluate and models.
+
+The commands over many runs (reproduce, sweep, compare, plot) live in cli_tables.py, the
+options they share with these in cli_options.py.
 
 Every training command resolves one recipe (defaults < dataset profile < --recipe file <
 --set key=value < shortcut flags), then hands it to the engine. User errors print one line
@@ -14,6 +17,8 @@ from typing import Any, Optional
 
 import click
 
+from tfkd_cli import cli_tables
+from tfkd_cli.cli_options import flag_overrides, teacher_methods, training_options
 from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
 
 
@@ -62,116 +67,13 @@ def cli() -> None:
     """
 
 
-# -- shared options -----------------------------------------------------------------
-
-class RegistryHelp(click.Option):
-    """An option whose help is built from a registry when shown (no torch import at start-up)."""
-
-    def __init__(self, *args: Any, help_fn: Any = None, **kw: Any):
-        super().__init__(*args, **kw)
-        self.help_fn = help_fn
-
-    def get_help_record(self, ctx: click.Context) -> Any:
-        self.help = self.help_fn()
-        return super().get_help_record(ctx)
-
-
-def _methods_help(default: Optional[str]) -> str:
-    from tfkd_cli.losses import METHODS
-
-    return "Loss: " + ", ".join(METHODS) + (f" (default {default})." if default else ".")
-
-
-def _datasets_help() -> str:
-    from tfkd_cli.data.registry import DATASETS
-
-    names = list(DATASETS)
-    return ", ".join(names[:-1]) + f" or {names[-1]}."
-
-
-def _teacher_methods(needs: bool) -> list[str]:
-    from tfkd_cli.losses import METHODS
-
-    return [n for n, m in METHODS.items() if m.needs_teacher == needs]
-
-
-def training_options(student_alias: bool = False, method_default: Optional[str] = None):
-    """The recipe shortcut flags every training command takes (names are stable API)."""
-    model_flags = ["--model", "--student", "model"] if student_alias else ["--model", "model"]
-    opts = [
-        click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="YAML recipe file (may use base:)."),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set optim.lr=0.05 (repeatable)."),
-        click.option(*model_flags, default=None, help="Model name (see `tfkd models`), or tv:<torchvision name>."),
-        click.option("--method", default=None, cls=RegistryHelp, help_fn=lambda: _methods_help(method_default)),
-        click.option("--teacher", default=None, help="Teacher: a tfkd run directory, a release folder (base_<name>/) or a checkpoint file; "
-                     "`uniform`: the uniform-teacher control (kd, kd_self, tfkd_reg)."),
-        click.option("--teacher-epoch", type=int, default=None, help="Use the teacher's kept checkpoint after this many epochs (De-KD)."),
-        click.option("--teacher-model", default=None, help="Teacher architecture, needed for official .pth.tar checkpoints."),
-        click.option("--dataset", default=None, cls=RegistryHelp, help_fn=_datasets_help),
-        click.option("--data-root", default=None, help="Data folder (default: $TFKD_DATA_ROOT or ./data)."),
-        click.option("--download", is_flag=True, default=None, help="Download the dataset if missing (needs a network)."),
-        click.option("--per-class", type=int, default=None, help="Train on a class-balanced subset of N images per class."),
-        click.option("--val-per-class", type=int, default=None, help="Hold N training images per class out as a validation split (model selection)."),
-        click.option("--epochs", type=int, default=None, help="Training epochs (official: 200)."),
-        click.option("--batch-size", type=int, default=None, help="Batch size; lr scales as base_lr * batch/128."),
-        click.option("--lr", type=float, default=None, help="Base learning rate at batch 128 (official: 0.1)."),
-        click.option("--width", type=float, default=None, help="Channel width multiplier (1.0 = official model)."),
-        click.option("--seed", type=int, default=None, help="Random seed."),
-        click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N."),
-        click.option("--amp", is_flag=True, default=None, help="bf16 autocast on CUDA."),
-        click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model."),
-        click.option("--channels-last", is_flag=True, default=None, help="channels_last memory format."),
-        click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (CUDA), no cudnn benchmark."),
-        click.option("--checkpoint-every", type=int, default=None, help="Also checkpoint every N steps within an epoch."),
-        click.option("--tensorboard", is_flag=True, default=None, help="Log to TensorBoard event files in <out>/tensorboard (the tb extra)."),
-        click.option("--wandb", default=None, metavar="PROJECT", help="Log to this W&B project (the wandb extra; offline without an API key)."),
-        click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: runs/<model>_<method>_s<seed>)."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
-        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
-        click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
-    ]
-
-    def wrap(f):
-        for o in reversed(opts):
-            f = o(f)
-        return f
-
-    return wrap
-
-
-def _flag_overrides(kw: dict) -> dict:
-    """Shortcut flags -> a nested recipe dict (only the flags given)."""
-    mapping = {
-        "model": "model", "method": "method", "teacher": "teacher.path", "teacher_epoch": "teacher.epoch",
-        "teacher_model": "teacher.model", "dataset": "data.dataset", "data_root": "data.root",
-        "download": "data.download", "per_class": "data.per_class", "val_per_class": "data.val_per_class",
-        "epochs": "train.epochs",
-        "batch_size": "train.batch_size", "lr": "optim.lr", "width": "width", "seed": "seed",
-        "device": "runtime.device", "amp": "runtime.amp", "compile_": "runtime.compile",
-        "channels_last": "runtime.channels_last", "deterministic": "runtime.deterministic",
-        "checkpoint_every": "train.checkpoint_every", "tensorboard": "runtime.tensorboard", "wandb": "runtime.wandb",
-    }
-    out: dict = {}
-    for flag, key in mapping.items():
-        value = kw.get(flag)
-        if value is None:
-            continue
-        if flag == "teacher" and value == "uniform":  # the uniform-teacher control (./uniform for a folder so named)
-            key, value = "teacher.uniform", True
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
+# -- training: one recipe resolved, one run ------------------------------------------
 
 def _run_training(kw: dict, forced: dict) -> None:
     from tfkd_cli.engine import train
     from tfkd_cli.recipe import dump, merge, resolve_run
 
-    overrides = merge(_flag_overrides(kw), forced)
+    overrides = merge(flag_overrides(kw), forced)
     recipe = resolve_run(kw.get("recipe_file"), kw.get("sets", ()), overrides)
     out = Path(kw["out"]) if kw.get("out") else Path("runs") / f"{recipe.model}_{recipe.method}_s{recipe.seed}"
     if kw.get("dry_run"):
@@ -192,46 +94,6 @@ def _print_result(out: Path, s: dict) -> None:
                f"{s['train_time_s']:.1f}s, {s.get('images_per_s') or 0:.0f} img/s")
 
 
-# -- where reproduce places its runs (--executor, --slurm-*, --status) ------------------
-
-def executor_options(f):
-    """The reproduce options of the executors; their values reach `executor_args` as **kw."""
-    opts = [
-        click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-                     help="local: this machine (--jobs, --devices); slurm: one Slurm job per run (submitit)."),
-        click.option("--status", is_flag=True, help="Print every run's state (pending, queued, running, finished, failed); start nothing."),
-        click.option("--cluster", "cluster_file", default=None, type=click.Path(dir_okay=False),
-                     help="YAML with defaults for the --slurm-* options (partition: gpu, time: 720, setup: [...])."),
-        click.option("--slurm-partition", default=None, help="Slurm partition."),
-        click.option("--slurm-account", default=None, help="Slurm account."),
-        click.option("--slurm-qos", default=None, help="Slurm QOS."),
-        click.option("--slurm-time", type=int, default=None, help="Time limit per job in minutes (default 1440); longer runs are requeued and resume."),
-        click.option("--slurm-gpus-per-run", type=int, default=None, help="GPUs per run; more than one trains under DDP (global batch kept)."),
-        click.option("--slurm-cpus-per-run", type=int, default=None, help="CPUs per run (default 4); also its torch threads."),
-        click.option("--slurm-tasks-per-run", type=int, default=None, help="DDP ranks per run (default: one per GPU, else 1)."),
-        click.option("--slurm-mem", default=None, help="Memory per job, e.g. 32G."),
-        click.option("--slurm-max-parallel", type=int, default=None, help="Jobs queued or running at once (default: no limit)."),
-        click.option("--slurm-setup", multiple=True, help="Shell line run before each job, e.g. 'module load cuda' (repeatable)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def executor_args(kw: dict) -> dict:
-    """--executor/--slurm-*/--cluster/--status values -> api.reproduce keyword arguments."""
-    out = {"executor": kw.pop("executor"), "status": kw.pop("status")}
-    cluster_file = kw.pop("cluster_file")
-    flags = {k[len("slurm_"):]: kw.pop(k) for k in list(kw) if k.startswith("slurm_")}
-    if out["executor"] == "slurm":
-        from tfkd_cli.reproduce.slurm import load_options
-
-        out["executor_options"] = load_options(cluster_file, flags)
-    elif cluster_file or any(v not in (None, ()) for v in flags.values()):
-        raise TfkdError("--cluster and --slurm-* options need --executor slurm")
-    return out
-
-
 # -- commands ------------------------------------------------------------------------
 
 @cli.command("train-teacher")
@@ -246,8 +108,8 @@ def train_teacher(**kw: Any) -> None:
       tfkd train-teacher --model resnet18 --method tfkd_reg --set loss.alpha=0.1 --set loss.temperature=20 --set loss.multiplier=100
     """
     method = kw.get("method") or "ce"
-    if method in _teacher_methods(True):
-        raise TfkdError(f"train-teacher trains without a teacher ({', '.join(_teacher_methods(False))}); "
+    if method in teacher_methods(True):
+        raise TfkdError(f"train-teacher trains without a teacher ({', '.join(teacher_methods(False))}); "
                         f"use `tfkd distill --method {method}`")
     _run_training(kw, {"method": method})
 
@@ -264,8 +126,8 @@ def distill(**kw: Any) -> None:
       tfkd distill --student resnet18 --teacher release/base_resnet50 --teacher-model resnet50 --teacher-epoch 51
     """
     method = kw.get("method") or "kd"
-    if method not in _teacher_methods(True):
-        raise TfkdError(f"distill uses a teacher ({' or '.join(_teacher_methods(True))}); "
+    if method not in teacher_methods(True):
+        raise TfkdError(f"distill uses a teacher ({' or '.join(teacher_methods(True))}); "
                         f"for {method} use `tfkd train-teacher --method {method}`")
     if not kw.get("teacher") and not kw.get("recipe_file"):
         raise TfkdError("distill needs --teacher (a run directory or a checkpoint)")
@@ -352,148 +214,8 @@ def run_cmd(recipe_file: str, sets: tuple, out: str, resume: bool, overwrite: bo
         _print_result(Path(out), summary)
 
 
-@cli.command()
-@click.argument("table", required=False)
-@click.option("--scale", default="paper", show_default=True, help="paper, mini, smoke (recipes/scales/) or a scale overlay FILE.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field of every run, after the scale (repeatable).")
-@click.option("--seeds", type=int, default=1, show_default=True, help="Run seeds 0..N-1 of every run.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Results folder (default results/<table>/<scale>).")
-@click.option("--runs-dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
-              help="Where run directories live (content-addressed, shared between tables).")
-@click.option("--teachers", default=None, type=click.Path(file_okay=False),
-              help="Folder of the authors' released teachers (base_<name>/best.pth.tar, 0.pth.tar, 50.pth.tar): train only the students.")
-@click.option("--only", multiple=True, help="Run only these run ids (and what they need).")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Independent runs at once.")
-@click.option("--devices", default=None, help="Comma-separated devices for --jobs, e.g. cuda:0,cuda:1.")
-@click.option("--dry-run", is_flag=True, help="Print the plan: every run, its dependencies and estimated cost.")
-@click.option("--report-only", is_flag=True, help="Write the results table from finished runs; train nothing.")
-@click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
-@click.option("--no-controls", is_flag=True, help="Skip the control runs (uniform teacher, ce x (1 - alpha)) of the cells with a teacher.")
-@click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
-@executor_options
-def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Optional[str], runs_dir: str,
-              teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
-              report_only: bool, retry_failed: bool, no_controls: bool, list_: bool, **placement: Any) -> None:
-    """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
-
-    \b
-    Examples:
-      tfkd reproduce --list
-      tfkd reproduce table3 --scale smoke             # about 1.5 min on 2 cores, no download
-      tfkd reproduce table3 --scale mini --seeds 2 --jobs 2   # tiny100-32, ~35 min on 2 cores
-      tfkd reproduce table3 --teachers pretrained_teacher_models/   # authors' teachers
-      tfkd reproduce tfkd-reg-cifar100 --scale my_scale.yaml --set data.dataset=cifar10 --set data.root=DIR
-      tfkd reproduce table3 --executor slurm --cluster cluster.yaml   # one Slurm job per run
-      tfkd reproduce table3 --executor slurm --status
-    """
-    from tfkd_cli.reproduce import api
-
-    if list_:
-        click.echo(api.list_tables())
-        return
-    if not table:
-        raise TfkdError("name a table (tfkd reproduce --list shows them)")
-    if seeds < 1:
-        raise TfkdError(f"--seeds must be >= 1, got {seeds}")
-    if jobs < 1:
-        raise TfkdError(f"--jobs must be >= 1, got {jobs}")
-    api.reproduce(table, scale=scale, seeds=seeds, out=out, runs_dir=runs_dir, teachers=teachers,
-                  only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
-                  dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
-                  controls=not no_controls,
-                  log=lambda m: click.echo(m, err=True), echo=click.echo, **executor_args(placement))
-
-
-@cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["rich", "md", "csv", "json"]), default="rich", show_default=True)
-@click.option("--tolerance", type=float, default=2.0, show_default=True,
-              help="Highlight cells whose |ours - paper| (or |A - B|) exceeds this many points.")
-@click.option("--fail-on-claims", is_flag=True, help="Exit 1 when a claim does not hold (verdict no; inconclusive does not fail) (for CI).")
-@click.option("--plot", "plot_file", default=None, type=click.Path(dir_okay=False),
-              help="Also draw the compared runs' curves into this PNG (run directories only).")
-def compare(paths: tuple, fmt: str, tolerance: float, fail_on_claims: bool, plot_file: Optional[str]) -> None:
-    """Compare results: one results folder against the paper, two results folders row by row, or run directories side by side.
-
-    \b
-    Examples:
-      tfkd compare results/table3/mini
-      tfkd compare results/table3/smoke results/table3/mini --format md
-      tfkd compare runs/r18 runs/mv2_kd --plot curves.png
-    """
-    from tfkd_cli.reproduce import compare as cmp
-
-    if plot_file and any((Path(p) / "table.json").is_file() for p in paths):
-        raise TfkdError("--plot draws run directories; a results folder has its curves in curves.png")
-    failed = cmp.compare(list(paths), fmt=fmt, tolerance=tolerance, echo=click.echo)
-    if plot_file:
-        _plot(list(paths), plot_file, None)
-    if fail_on_claims and failed:  # only "no" fails; inconclusive and n/a are counted apart
-        counts = cmp.claim_counts(list(paths))
-        click.echo(f"tfkd: {failed} claim(s) do not hold" + (f" ({counts})" if counts else ""), err=True)
-        sys.exit(1)
-
-
-@cli.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--metric", "metrics", default=None, metavar="M,...",
-              help="Columns of metrics.csv to draw (default: test/train top-1, train loss, lr, "
-                   "and teacher_share, val_top1 where present).")
-@click.option("--out", default="curves.png", show_default=True, type=click.Path(dir_okay=False), help="PNG file to write.")
-def plot(runs: tuple, metrics: Optional[str], out: str) -> None:
-    """Per-epoch curves of runs on shared axes, one panel per metric (RUNS: run directories, or folders of them).
-
-    \b
-    Examples:
-      tfkd plot runs/r18 runs/mv2_kd --out curves.png
-      tfkd plot runs/ --metric test_top1,test_ece
-    """
-    _plot(list(runs), out, [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None)
-
-
-def _plot(runs: list[str], out: str, metrics: Optional[list[str]]) -> None:
-    from tfkd_cli.plots import plot_runs
-
-    drawn = plot_runs([Path(r) for r in runs], Path(out), metrics, log=lambda m: click.echo(m, err=True))
-    click.echo(f"wrote {out} ({', '.join(drawn)})")
-
-
-# -- sweep (self-contained: grid, plan and report live in tfkd_cli/reproduce/sweep*.py) ------
-
-@cli.command()
-@training_options()
-@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
-              help="A recipe field and its values, e.g. --grid loss.alpha=0.1,0.5,0.9 (repeatable: one axis each).")
-@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds per point: --seed, --seed+1, ...")
-@click.option("--name", default=None, help="Sweep name (default <dataset>_<model>_<method>_<fields>); output in sweeps/<name>/.")
-@click.option("--runs-dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
-              help="Where run directories live (content-addressed, shared with reproduce).")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Independent runs at once.")
-@click.option("--devices", default=None, help="Comma-separated devices for --jobs, e.g. cuda:0,cuda:1.")
-@click.option("--report-only", is_flag=True, help="Write the sweep table from finished runs; train nothing.")
-@click.option("--retry-failed", is_flag=True, help="Run failed runs again.")
-def sweep(**kw: Any) -> None:
-    """Grid search over recipe fields, chosen on a validation split (the test set never chooses).
-
-    Finished points are skipped and interrupted ones resumed; --out is the sweep folder
-    (default sweeps/<name>/), which gets sweep.md, .csv, .json and .png.
-
-    \b
-    Example:
-      tfkd sweep --dataset digits --method tfkd_reg --epochs 3 --val-per-class 20 \\
-          --grid loss.alpha=0.1,0.9 --grid loss.temperature=4,20
-    """
-    from tfkd_cli.recipe import resolve_run
-    from tfkd_cli.reproduce.sweep import sweep as run_sweep
-
-    if kw.get("overwrite"):
-        raise TfkdError("sweep never replaces runs (--overwrite); finished points are reused, "
-                        "use --retry-failed for failed ones or another --runs-dir")
-    base = resolve_run(kw.get("recipe_file"), kw.get("sets", ()), _flag_overrides(kw))
-    run_sweep(base, kw["grid"], seeds=kw["seeds"], name=kw["name"], out=kw.get("out"), runs_dir=kw["runs_dir"],
-              jobs=kw["jobs"], devices=kw["devices"].split(",") if kw.get("devices") else None,
-              dry_run=kw.get("dry_run", False), report_only=kw["report_only"], retry_failed=kw["retry_failed"],
-              log=lambda m: click.echo(m, err=True), echo=click.echo)
+for _command in cli_tables.COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:  # console script entry point

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import METHODS, PARAMS, check_uniform, method_params
+from tfkd_cli.losses import METHODS, PARAMS, method_params
+from tfkd_cli.recipe_check import build, check_values
 
 # Version of the run identity. 1 (before tfkd 0.x, commit 35f0c10): every loss parameter,
 # read or not. 2: only the parameters the run's method reads. Runs written under 1 are still
@@ -199,147 +199,6 @@ def _hash(identity: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# -- validation ----------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted for floats."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except TfkdError:
-                pass
-        raise TfkdError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise TfkdError(f"{where}: {value!r} is not allowed; choose from {_type_name(tp)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise TfkdError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise TfkdError(f"{where}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, got {value!r}")
-        return _build(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is dict:
-        if isinstance(value, dict):
-            return value
-    raise TfkdError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type, data: dict, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in hints:
-            raise TfkdError(f"unknown recipe key '{path}'; allowed here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
-
-
-def _check_ranges(r: Recipe, src: str) -> None:
-    """Value checks a type cannot express; each names the key and what is allowed."""
-
-    def bad(key: str, what: str) -> None:
-        raise TfkdError(f"{src}: {key} must be {what}")
-
-    from tfkd_cli.models import canonical_name
-
-    try:
-        canonical_name(r.model)
-    except TfkdError as e:
-        raise TfkdError(f"{src}: model: {e}") from None
-    if r.teacher.model is not None:
-        try:
-            canonical_name(r.teacher.model)
-        except TfkdError as e:
-            raise TfkdError(f"{src}: teacher.model: {e}") from None
-    if r.method not in METHODS:
-        bad("method", f"one of {', '.join(METHODS)} (got {r.method!r})")
-    if r.width <= 0:
-        bad("width", f"> 0 (got {r.width})")
-    for name, p in PARAMS.items():
-        value = getattr(r.loss, name)
-        if value is not None and not p.ok(value):
-            bad(f"loss.{name}", f"{p.allowed} (got {value})")
-    if r.optim.lr <= 0:
-        bad("optim.lr", f"> 0 (got {r.optim.lr})")
-    if r.optim.lr_ref_batch <= 0:
-        bad("optim.lr_ref_batch", f"> 0 (got {r.optim.lr_ref_batch})")
-    if not 0.0 <= r.optim.momentum < 1.0:
-        bad("optim.momentum", f"in [0, 1) (got {r.optim.momentum})")
-    if r.optim.weight_decay < 0:
-        bad("optim.weight_decay", f">= 0 (got {r.optim.weight_decay})")
-    if r.optim.warmup_epochs < 0:
-        bad("optim.warmup_epochs", f">= 0 (got {r.optim.warmup_epochs})")
-    if r.optim.gamma <= 0:
-        bad("optim.gamma", f"> 0 (got {r.optim.gamma})")
-    if r.optim.milestones != sorted(r.optim.milestones) or any(m <= 0 for m in r.optim.milestones):
-        bad("optim.milestones", f"increasing positive epochs (got {r.optim.milestones})")
-    if r.train.epochs <= 0:
-        bad("train.epochs", f"> 0 (got {r.train.epochs})")
-    if r.train.batch_size <= 0:
-        bad("train.batch_size", f"> 0 (got {r.train.batch_size})")
-    if r.train.eval_batch_size <= 0:
-        bad("train.eval_batch_size", f"> 0 (got {r.train.eval_batch_size})")
-    if any(not 1 <= e <= r.train.epochs for e in r.train.keep_epochs):
-        bad("train.keep_epochs", f"epochs in 1..{r.train.epochs} (got {r.train.keep_epochs})")
-    if r.train.checkpoint_every < 0:
-        bad("train.checkpoint_every", f">= 0 (got {r.train.checkpoint_every})")
-    if r.data.per_class is not None and r.data.per_class <= 0:
-        bad("data.per_class", f"> 0 or null (got {r.data.per_class})")
-    if r.data.val_per_class < 0:
-        bad("data.val_per_class", f">= 0 (got {r.data.val_per_class})")
-    try:
-        check_uniform(r.method, r.teacher.uniform)
-    except TfkdError as e:
-        raise TfkdError(f"{src}: teacher.uniform: {e}") from None
-    if r.teacher.uniform and r.teacher.path:
-        bad("teacher.path", f"empty with teacher.uniform (the uniform teacher loads no network; got {r.teacher.path!r})")
-    if r.loss.label_weight is not None and "label_weight" not in METHODS[r.method].optional:
-        bad("loss.label_weight", f"unset for method {r.method}, which does not read it (only ce does)")
-    if METHODS[r.method].needs_teacher and not r.teacher.path and not r.teacher.uniform:
-        bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher; or teacher.uniform)")
-    if r.teacher.epoch is not None and r.teacher.epoch <= 0:
-        bad("teacher.epoch", f">= 1 (got {r.teacher.epoch})")
-    if r.runtime.wandb is not None and not r.runtime.wandb.strip():
-        bad("runtime.wandb", "a W&B project name, or null for no W&B (got an empty name)")
-
-
 # -- loading -------------------------------------------------------------------------
 
 
@@ -426,10 +285,10 @@ def parse_set(items: typing.Iterable[str]) -> dict:
 def from_dict(data: dict, source: str = "recipe") -> Recipe:
     """Validate a plain dict into a `Recipe`; errors name `source` and the key."""
     try:
-        r = _build(Recipe, data, "")
+        r = build(Recipe, data, "")
     except TfkdError as e:
         raise TfkdError(f"{source}: {e}") from None
-    _check_ranges(r, source)
+    check_values(r, source)
     for k, v in r.loss_params().items():  # a parameter the methods' defaults disagree on
         setattr(r.loss, k, v)
     return r

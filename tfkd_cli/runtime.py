@@ -50,11 +50,6 @@ def configure_torch(rt: RuntimeCfg, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def channels_last_for(rt: RuntimeCfg, device: torch.device, log: Callable[[str], None]) -> bool:
-    """Whether this run uses channels_last: the recipe's choice, unless it is unsafe here."""
-    return rt.channels_last  # safe with any thread count: train_step's cl_guard
-
-
 def autocast_for(rt: RuntimeCfg, device: torch.device) -> Optional[Callable]:
     """A bf16 autocast context factory with runtime.amp on CUDA, else None."""
     if rt.amp and device.type == "cuda":

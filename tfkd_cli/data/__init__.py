@@ -11,7 +11,9 @@ matches the official torchvision/PIL transforms pixel for pixel for the same ran
 """
 
 from tfkd_cli.data.augment import AugParams, BatchAugmenter, apply_params, sample_params
-from tfkd_cli.data.loaders import Data, DataSpec, FolderData, InMemoryData, build_data, shard_order
+from tfkd_cli.data.build import DataSpec, build_data
+from tfkd_cli.data.folder import FolderData
+from tfkd_cli.data.loaders import Data, InMemoryData, shard_order
 from tfkd_cli.data.readers import FolderSplit, default_root
 from tfkd_cli.data.registry import DATASETS, DatasetInfo, read_split, scan_folder_split
 

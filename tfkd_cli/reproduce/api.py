@@ -114,11 +114,12 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
 
 def check_sets(sets: tuple) -> dict:
     """`--set key=value` items as one override layer; an unknown key or a wrong type is one line."""
-    from tfkd_cli.recipe import Recipe, _build, merge, parse_set
+    from tfkd_cli.recipe import Recipe, merge, parse_set
+    from tfkd_cli.recipe_check import build
 
     layer = parse_set(sets)
     try:
-        _build(Recipe, merge(Recipe().to_dict(), layer), "")
+        build(Recipe, merge(Recipe().to_dict(), layer), "")
     except TfkdError as e:
         raise TfkdError(f"--set: {e}") from None
     return layer

@@ -80,107 +80,120 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
              poll: float = 0.5) -> dict[Path, str]:
     """Run every pending run; returns run dir -> final status."""
     runs = unique_runs(plan)
-    by_key = {(p.id, p.seed): p for p in plan}
-    state: dict[Path, str] = {}
+    sched = _Scheduler(plan, jobs, list(devices or []), log)
     for p in runs:
         st = status_of(p)
         if st == FAILED and retry_failed:
             st = None
         if st:
-            state[p.dir] = st
-    todo = [p for p in runs if p.dir not in state]
-    done_before = len(runs) - len(todo)
-    log(f"{len(runs)} runs: {done_before} already done, {len(todo)} to run (jobs={jobs})")
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    active: list[Job] = []
-    slot_devices = list(devices or [])
-    next_slot = 0
+            sched.state[p.dir] = st
+    sched.todo = [p for p in runs if p.dir not in sched.state]
+    log(f"{len(runs)} runs: {len(runs) - len(sched.todo)} already done, {len(sched.todo)} to run (jobs={jobs})")
     if jobs == 1:  # import the engine before any lock check, not between a check and train's lock
         from tfkd_cli import engine  # noqa: F401  (seconds on first import: a wide race window)
     try:
-        while todo or active:
-            # Reap finished children.
-            for job in list(active):
-                rc = job.proc.poll()
-                if rc is None:
-                    continue
-                active.remove(job)
-                p = job.run
-                secs = time.time() - job.started
-                st = status_of(p)
-                if rc == 0 and st == FINISHED:
-                    state[p.dir] = FINISHED
-                    s = rundir.read_summary(p.dir) or {}
-                    best = (s.get("best") or {}).get("top1")
-                    log(f"done   {p.name:28s} {secs:7.1f}s  best top-1 {best}")
-                elif rc == 130:
-                    state[p.dir] = INTERRUPTED
-                    raise KeyboardInterrupt
-                elif rundir.is_locked(p.dir):
-                    todo.append(p)  # another process holds it: wait for that one
-                else:
-                    state[p.dir] = FAILED
-                    tail = job.log.read_text().strip().splitlines()[-1:] if job.log.exists() else []
-                    log(f"FAILED {p.name:28s} exit {rc}: {tail[0] if tail else ''} (log: {job.log})")
-            # Start what is ready.
-            started = False
-            for p in list(todo):
-                if len(active) >= jobs:
-                    break
-                deps = [by_key[d] for d in p.deps]
-                dep_states = [state.get(d.dir) for d in deps]
-                if any(s in (FAILED, BLOCKED) for s in dep_states):
-                    todo.remove(p)
-                    state[p.dir] = BLOCKED
-                    log(f"blocked {p.name}: a teacher run failed")
-                    continue
-                if not all(s in (FINISHED, EXTERNAL) for s in dep_states):
-                    continue
-                st = status_of(p)
-                if st in (FINISHED, FAILED):
-                    todo.remove(p)
-                    state[p.dir] = st
-                    continue
-                if rundir.is_locked(p.dir):
-                    continue  # being run by another process; check again later
-                todo.remove(p)
-                if jobs == 1:
-                    st = _run_inline(p, log)
-                    if st == LOCKED:
-                        todo.append(p)
-                    else:
-                        state[p.dir] = st
-                    started = True
-                    continue
-                p.dir.mkdir(parents=True, exist_ok=True)
-                recipe_file = p.dir.parent / ".plans" / f"{p.dir.name}.yaml"
-                recipe_file.parent.mkdir(parents=True, exist_ok=True)
-                rundir.atomic_write_text(recipe_file, dump(p.recipe))
-                device = slot_devices[next_slot % len(slot_devices)] if slot_devices else None
-                next_slot += 1
-                logf = p.dir.parent / ".logs" / f"{p.dir.name}.log"
-                logf.parent.mkdir(parents=True, exist_ok=True)
-                with open(logf, "ab") as fh:
-                    proc = subprocess.Popen(_command(p, recipe_file, threads, device), stdout=fh,
-                                            stderr=subprocess.STDOUT)
-                active.append(Job(p, proc, logf, time.time()))
-                log(f"start  {p.name:28s} -> {p.dir.name}")
-                started = True
-            if todo and not active and not started:
-                waiting = [p for p in todo if rundir.is_locked(p.dir)]
-                if not waiting:
-                    stuck = ", ".join(p.name for p in todo)
+        while sched.todo or sched.active:
+            for job in list(sched.active):
+                sched.reap(job)
+            started = sched.start_ready()
+            if sched.todo and not sched.active and not started:
+                if not any(rundir.is_locked(p.dir) for p in sched.todo):
+                    stuck = ", ".join(p.name for p in sched.todo)
                     raise RuntimeError(f"plan cannot progress: {stuck}")  # a bug, not user input
-            if active or todo:
+            if sched.active or sched.todo:
                 time.sleep(poll)
     except KeyboardInterrupt:
-        for job in active:
+        for job in sched.active:
             try:
                 job.proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 job.proc.kill()
         raise
-    return state
+    return sched.state
+
+
+class _Scheduler:
+    """The local executor's state: what is done (`state`), waiting (`todo`) and running (`active`)."""
+
+    def __init__(self, plan: list[PlannedRun], jobs: int, devices: list[str], log: Callable[[str], None]):
+        self.by_key = {(p.id, p.seed): p for p in plan}
+        self.jobs, self.devices, self.log = jobs, devices, log
+        self.threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+        self.state: dict[Path, str] = {}
+        self.todo: list[PlannedRun] = []
+        self.active: list[Job] = []
+        self.next_slot = 0
+
+    def reap(self, job: Job) -> None:
+        """Book a finished child process (nothing while it runs)."""
+        rc = job.proc.poll()
+        if rc is None:
+            return
+        self.active.remove(job)
+        p = job.run
+        st = status_of(p)
+        if rc == 0 and st == FINISHED:
+            self.state[p.dir] = FINISHED
+            best = ((rundir.read_summary(p.dir) or {}).get("best") or {}).get("top1")
+            self.log(f"done   {p.name:28s} {time.time() - job.started:7.1f}s  best top-1 {best}")
+        elif rc == 130:
+            self.state[p.dir] = INTERRUPTED
+            raise KeyboardInterrupt
+        elif rundir.is_locked(p.dir):
+            self.todo.append(p)  # another process holds it: wait for that one
+        else:
+            self.state[p.dir] = FAILED
+            tail = job.log.read_text().strip().splitlines()[-1:] if job.log.exists() else []
+            self.log(f"FAILED {p.name:28s} exit {rc}: {tail[0] if tail else ''} (log: {job.log})")
+
+    def start_ready(self) -> bool:
+        """Start (or, with one job, run inline) every run whose teachers are done, up to `jobs`."""
+        started = False
+        for p in list(self.todo):
+            if len(self.active) >= self.jobs:
+                break
+            dep_states = [self.state.get(self.by_key[d].dir) for d in p.deps]
+            if any(s in (FAILED, BLOCKED) for s in dep_states):
+                self.todo.remove(p)
+                self.state[p.dir] = BLOCKED
+                self.log(f"blocked {p.name}: a teacher run failed")
+                continue
+            if not all(s in (FINISHED, EXTERNAL) for s in dep_states):
+                continue
+            st = status_of(p)
+            if st in (FINISHED, FAILED):
+                self.todo.remove(p)
+                self.state[p.dir] = st
+                continue
+            if rundir.is_locked(p.dir):
+                continue  # being run by another process; check again later
+            self.todo.remove(p)
+            started = True
+            if self.jobs == 1:
+                st = _run_inline(p, self.log)
+                if st == LOCKED:
+                    self.todo.append(p)
+                else:
+                    self.state[p.dir] = st
+            else:
+                self.active.append(self._spawn(p))
+        return started
+
+    def _spawn(self, p: PlannedRun) -> Job:
+        """`tfkd run` of the run's resolved recipe in a child process, logging to runs/.logs/."""
+        p.dir.mkdir(parents=True, exist_ok=True)
+        recipe_file = p.dir.parent / ".plans" / f"{p.dir.name}.yaml"
+        recipe_file.parent.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write_text(recipe_file, dump(p.recipe))
+        device = self.devices[self.next_slot % len(self.devices)] if self.devices else None
+        self.next_slot += 1
+        logf = p.dir.parent / ".logs" / f"{p.dir.name}.log"
+        logf.parent.mkdir(parents=True, exist_ok=True)
+        with open(logf, "ab") as fh:
+            proc = subprocess.Popen(_command(p, recipe_file, self.threads, device), stdout=fh,
+                                    stderr=subprocess.STDOUT)
+        self.log(f"start  {p.name:28s} -> {p.dir.name}")
+        return Job(p, proc, logf, time.time())
 
 
 # -- executors: how a plan's runs are placed -----------------------------------------

@@ -30,7 +30,8 @@ from typing import Literal, Optional
 
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import canonical_name
-from tfkd_cli.recipe import _coerce, load_layers, read_yaml, recipes_dir
+from tfkd_cli.recipe import load_layers, read_yaml, recipes_dir
+from tfkd_cli.recipe_check import coerce
 
 
 @dataclass
@@ -140,8 +141,8 @@ def parse_table(data: dict, path: Path) -> Table:
         if key not in data:
             raise TfkdError(f"{src}: missing key '{key}'")
     try:
-        columns = [_coerce(c, Column, f"columns[{i}]") for i, c in enumerate(data["columns"])]
-        claims = [_coerce(c, Claim, f"claims[{i}]") for i, c in enumerate(data.get("claims") or [])]
+        columns = [coerce(c, Column, f"columns[{i}]") for i, c in enumerate(data["columns"])]
+        claims = [coerce(c, Claim, f"claims[{i}]") for i, c in enumerate(data.get("claims") or [])]
     except TfkdError as e:
         raise TfkdError(f"{src}: {e}") from None
     keys = [c.key for c in columns]
@@ -171,7 +172,7 @@ def parse_table(data: dict, path: Path) -> Table:
             if k not in keys:
                 raise TfkdError(f"{src}: rows[{i}] ({label}) has cell {k!r}, not a column; columns: {', '.join(keys)}")
             try:
-                cell = _coerce(v or {}, Cell, f"rows[{i}].{k}")
+                cell = coerce(v or {}, Cell, f"rows[{i}].{k}")
             except TfkdError as e:
                 raise TfkdError(f"{src}: {e}") from None
             if cell.run is not None and cell.run not in runs:
@@ -201,7 +202,7 @@ def load_scale(name: str) -> Scale:
     data.setdefault("scale", path.stem)  # an overlay file may leave out its name and description
     data.setdefault("description", f"scale overlay {path}")
     try:
-        s = _coerce(data, Scale, "scale")
+        s = coerce(data, Scale, "scale")
     except TfkdError as e:
         raise TfkdError(f"{path}: {e}") from None
     if s.epoch_factor <= 0:
