@@ -9,6 +9,7 @@ The message shapes are listed in docs/errors.md.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from tfkd_cli import checkpoint as ckpt_io
 from tfkd_cli import rundir
+from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import build_model
 
 from conftest import DIGITS, TEACH, cli_env, dump, fail, make_layout, run_cli, snapshot, synthetic_batch
@@ -226,7 +228,7 @@ def test_resume_from_a_bad_checkpoint(run, damage):
         last.write_bytes(b"")
         expect = f"corrupt or truncated checkpoint {last}: the file is empty"
     elif damage == "garbage":
-        last.write_bytes(os.urandom(4096))
+        last.write_bytes(random.Random(0).randbytes(4096))  # seeded: no 0x80 or PK head by chance
         expect = f"corrupt checkpoint {last}: not a readable PyTorch file"
     elif damage == "bare-state-dict":
         torch.save(ckpt_io.load(last)["model"], last)
@@ -309,10 +311,21 @@ def test_overwrite_with_a_bad_teacher_keeps_the_old_run(run, tmp_path):
 def test_evaluate_corrupt_checkpoint(finished_run, tmp_path, damage):
     f = tmp_path / "model.pt"
     raw = (finished_run / rundir.LAST).read_bytes()
-    f.write_bytes({"truncated": raw[: len(raw) // 3], "empty": b"", "garbage": os.urandom(3000),
+    f.write_bytes({"truncated": raw[: len(raw) // 3], "empty": b"", "garbage": random.Random(1).randbytes(3000),
                    "text": b"model: resnet18\n"}[damage])
     line = fail(["evaluate", f, "--dataset", "digits", "--device", "cpu"])
     assert line.startswith((f"tfkd: error: corrupt or truncated checkpoint {f}: ", f"tfkd: error: corrupt checkpoint {f}: "))
+
+
+@pytest.mark.parametrize("head", [b"Xgfk", b"c__b", b"\x93\x00", b"\xd8\xff", b"model: "])
+def test_garbage_is_never_read_as_a_pickle(tmp_path, head):
+    """Random bytes used to be classified by whatever torch's unpickler made of their first
+    bytes ("needs arbitrary unpickling", a UTF-8 decode error): ~2% of os.urandom files."""
+    f = tmp_path / "x.pt"
+    f.write_bytes(head + random.Random(2).randbytes(2000))
+    with pytest.raises(TfkdError) as e:
+        ckpt_io.load(f)
+    assert str(e.value) == f"corrupt checkpoint {f}: not a readable PyTorch file"
 
 
 def test_evaluate_run_with_truncated_best(run):

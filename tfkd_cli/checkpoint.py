@@ -144,6 +144,14 @@ def _imports_code(path: Path) -> bool:
     return False
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, pickles that
+    start with the PROTO opcode (0x80). Anything else is not a checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+
+
 def load(path: Path) -> dict:
     """Read a checkpoint safely (weights_only); one-line errors for every failure."""
     path = Path(path)
@@ -151,6 +159,8 @@ def load(path: Path) -> dict:
         raise TfkdError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise TfkdError(f"corrupt or truncated checkpoint {path}: the file is empty")
+    if not _looks_like_torch_file(path):  # else torch.load's reading of garbage depends on its first bytes
+        raise TfkdError(f"corrupt checkpoint {path}: not a readable PyTorch file")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
             warnings.simplefilter("ignore")
