@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import statistics
 
-SPEED_GOAL = 1.5  # tfkd / reference images/s
+# tfkd / reference images/s: on a CPU both loops are conv-bound (issue #14 asks 1.2x); on a GPU the
+# data pipeline, syncs and the per-sample loss loop dominate a step of milliseconds (1.5x).
+SPEED_GOAL = {"cpu": 1.2, "cuda": 1.5}
 REG_GOAL_PCT = 2.0  # Tf-KD_reg step time over CE, percent
 LOOPS = ("tfkd", "reference")
 
@@ -82,18 +84,19 @@ def print_loss_bench(lb: dict, device) -> None:
         print(f"  {k:38s} {v:9.1f}")
 
 
-def goals(rows: list[dict], reg_cost: dict, merged: dict, lb: dict) -> dict:
+def goals(rows: list[dict], reg_cost: dict, merged: dict, lb: dict, device: str = "cpu") -> dict:
     """Print the goals and whether each is met; returns them for the JSON file."""
+    goal = SPEED_GOAL["cuda" if device.startswith("cuda") else "cpu"]
     print("\ngoals:")
     out: dict = {"speed": {}, "reg_vs_ce": {}}
     for r in rows:
         if r["ratio"] is None:
             continue
-        met = r["ratio"] >= SPEED_GOAL
-        out["speed"][f"{r['model']}/{r['method']}"] = {"ratio": r["ratio"], "met": met,
+        met = r["ratio"] >= goal
+        out["speed"][f"{r['model']}/{r['method']}"] = {"ratio": r["ratio"], "met": met, "goal": goal,
                                                         "ratio_median_step": r["ratio_median_step"]}
         extra = f" (median step {r['ratio_median_step']:.2f}x)" if r["ratio_median_step"] is not None else ""
-        print(f"  tfkd >= {SPEED_GOAL}x reference   {r['model']:12s} {r['method']:9s} {r['ratio']:.2f}x{extra}"
+        print(f"  tfkd >= {goal}x reference   {r['model']:12s} {r['method']:9s} {r['ratio']:.2f}x{extra}"
               f"  {'MET' if met else 'NOT MET'}")
     for model, cost in reg_cost.items():
         if "images_per_s" in cost:

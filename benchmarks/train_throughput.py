@@ -360,7 +360,7 @@ def _report_all(args: argparse.Namespace, merged: dict, models: list, methods: l
             torch.set_num_threads(args.threads)
         lb = loss_bench(args.device, args.loss_reps)
         _report.print_loss_bench(lb, device)
-    goals = _report.goals(rows, reg_cost, merged, lb)
+    goals = _report.goals(rows, reg_cost, merged, lb, device.type)
     return {"rows": rows, "reg_cost_pct": reg_cost, "loss_bench_us": lb, "goals": goals}
 
 if __name__ == "__main__":
