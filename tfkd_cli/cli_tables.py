@@ -34,7 +34,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
     \b
     Examples:
       tfkd reproduce --list
-      tfkd reproduce table3 --scale smoke             # about 1.5 min on 2 cores, no download
+      tfkd reproduce table3 --scale smoke             # 23 runs, about 7.5 min on 2 cores, no download
       tfkd reproduce table3 --scale mini --seeds 2 --jobs 2   # tiny100-32, ~35 min on 2 cores
       tfkd reproduce table3 --teachers pretrained_teacher_models/   # authors' teachers
       tfkd reproduce tfkd-reg-cifar100 --scale my_scale.yaml --set data.dataset=cifar10 --set data.root=DIR

@@ -21,7 +21,8 @@ def gain_figure(res: dict, path: Path) -> None:
 
     h = res["header"]
     both = h["comparable_with_paper"]
-    n = max(len(_cells_plotted(res)), sum(len(r["claims"]) for r in res["rows"]), 1)
+    claims = sum(len(r["claims"]) for r in res["rows"])
+    n = max(len(_cells_plotted(res)) if both else 0, claims, 1)  # bars in the widest panel
     fig, axes = plt.subplots(2 if both else 1, 1, figsize=(max(8, 0.55 * n + 2), 10 if both else 5.5), squeeze=False)
     if both:
         _absolute_panel(axes[0][0], res)
