@@ -75,10 +75,27 @@ def test_commands_take_their_teacher_rule_from_the_registry():
 def test_cost_reads_the_dataset_sizes():
     r = Recipe(model="resnet18", width=0.25)
     r.data.dataset, r.train.epochs = "digits", 2
+    r.runtime.fast_eval = False  # the model's own eval forward (fast_eval: test_cost_of_fast_eval)
     info = DATASETS["digits"]
     per_train = cost._seconds_per_image("cpu", "train", "resnet18", 0.25, 10, 32)
     per_eval = cost._seconds_per_image("cpu", "infer", "resnet18", 0.25, 10, 32)
     assert cost.estimate_seconds(r) == pytest.approx(2 * (info.num_train * per_train + info.num_test * per_eval))
+
+
+def test_cost_of_fast_eval():
+    """fast_eval divides the test pass by the measured gain of the folded copy (CPU only)."""
+    r = Recipe(model="mobilenetv2", width=0.25)
+    r.data.dataset, r.train.epochs = "digits", 1
+    per_train = cost._seconds_per_image("cpu", "train", "mobilenetv2", 0.25, 10, 32)
+    per_eval = cost._seconds_per_image("cpu", "infer", "mobilenetv2", 0.25, 10, 32)
+    info, gain = DATASETS["digits"], cost.CPU_FAST_EVAL_GAIN["mobilenetv2"]
+    assert gain > 1
+    assert cost.estimate_seconds(r) == pytest.approx(info.num_train * per_train + info.num_test * per_eval / gain)
+    r.runtime.fast_eval = False
+    assert cost.estimate_seconds(r) == pytest.approx(info.num_train * per_train + info.num_test * per_eval)
+    cuda = cost.estimate_seconds(r, "cuda")
+    r.runtime.fast_eval = True
+    assert cost.estimate_seconds(r, "cuda") == cuda
 
 
 def test_transforms_come_from_the_record():

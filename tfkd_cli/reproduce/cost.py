@@ -33,6 +33,11 @@ CPU_MS = {
     "resnext29_8x64d": [(0.0625, 3.737, 0.961), (0.125, 9.117, 2.841)],
     "googlenet": [(0.0625, 2.355, 0.605), (0.125, 3.775, 1.003)],
 }
+# The eval-forward times above are of the model itself. runtime.fast_eval (the default) evaluates a
+# conv-BN folded channels_last copy instead: measured evaluation speed-up per model at the mini
+# scale's widths, 1 thread (benchmarks/epoch_time.py --threads 1, quiet AMD EPYC, 2026-12-02).
+CPU_FAST_EVAL_GAIN = {"resnet18": 1.27, "mobilenetv2": 1.41, "shufflenetv2": 1.02, "resnet50": 1.50,
+                      "resnext29_8x64d": 1.21, "googlenet": 1.13}
 CPU_DEFAULT = {"train": (0.5e-3, 50e9), "infer": (0.1e-3, 150e9)}  # overhead s/image, FLOP/s
 # Achieved FLOP/s of a training step (counted as 3x forward) and of a forward, on CUDA.
 CUDA_RATES = {"train": 60_000e9, "infer": 150_000e9}
@@ -77,8 +82,10 @@ def estimate_seconds(r: Recipe, device: str = "cpu", teacher: Optional[Recipe] =
     classes = (info.num_classes if info else None) or 100
     if r.data.per_class:
         n_train = r.data.per_class * classes
-    per_epoch = (n_train * _seconds_per_image(device, "train", r.model, r.width, classes, side)
-                 + n_test * _seconds_per_image(device, "infer", r.model, r.width, classes, side))
+    test_s = n_test * _seconds_per_image(device, "infer", r.model, r.width, classes, side)
+    if r.runtime.fast_eval and not device.startswith("cuda"):
+        test_s /= CPU_FAST_EVAL_GAIN.get(canonical_name(r.model), 1.0)
+    per_epoch = n_train * _seconds_per_image(device, "train", r.model, r.width, classes, side) + test_s
     if r.teacher.path and METHODS[r.method].needs_teacher:
         tm = r.teacher.model or (teacher.model if teacher else r.model)
         tw = r.teacher.width or (teacher.width if teacher else r.width)
