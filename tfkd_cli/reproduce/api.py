@@ -10,7 +10,8 @@ from tfkd_cli.reproduce import report
 from tfkd_cli.reproduce.controls import add_controls
 from tfkd_cli.reproduce.cost import estimate_seconds
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
-from tfkd_cli.reproduce.runner import EXECUTORS, LocalOptions, status_of
+from tfkd_cli.reproduce.executors import EXECUTORS, LocalOptions
+from tfkd_cli.reproduce.runner import status_of
 from tfkd_cli.reproduce.spec import index, load_scale, load_table
 
 
@@ -102,7 +103,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
         echo(status_table(plan, with_queue=executor == "slurm"))
         return None
     if not report_only:
-        run = EXECUTORS[executor]()
+        run = EXECUTORS[executor]
         run(plan, executor_options or LocalOptions(jobs, devices), Path(runs_dir), retry_failed=retry_failed, log=log)
     res = report.build_results(table, sc, plan, seed_list, sets=list(sets))
     out_dir = Path(out) if out else Path("results") / table.table / sc.scale

@@ -194,27 +194,3 @@ class _Scheduler:
                                     stderr=subprocess.STDOUT)
         self.log(f"start  {p.name:28s} -> {p.dir.name}")
         return Job(p, proc, logf, time.time())
-
-
-# -- executors: how a plan's runs are placed -----------------------------------------
-
-
-@dataclass
-class LocalOptions:
-    jobs: int = 1
-    devices: Optional[list[str]] = None
-
-
-def run_local(plan: list[PlannedRun], o: LocalOptions, runs_dir: Path, *, retry_failed: bool = False,
-              log: Callable[[str], None] = print) -> dict[Path, str]:
-    return run_plan(plan, jobs=o.jobs, devices=o.devices, retry_failed=retry_failed, log=log)
-
-
-def _slurm_executor() -> Callable:
-    from tfkd_cli.reproduce import slurm  # imports submitit only when a run is submitted
-
-    return slurm.run_plan
-
-
-# name -> a function giving the executor `(plan, options, runs_dir, *, retry_failed, log) -> states`
-EXECUTORS: dict[str, Callable[[], Callable]] = {"local": lambda: run_local, "slurm": _slurm_executor}

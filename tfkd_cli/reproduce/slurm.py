@@ -23,7 +23,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,33 +33,13 @@ from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce.plan import PlannedRun, unique_runs
 from tfkd_cli.reproduce.runner import BLOCKED, EXTERNAL, FAILED, FINISHED, status_of
-from tfkd_cli.reproduce.slurm_job import Submitter, job_result, read_record, stderr_tail, write_record
+from tfkd_cli.reproduce.slurm_job import SlurmOptions, Submitter, job_result, read_record, stderr_tail, write_record
 
 MAX_KILLS = 3  # resubmissions of a run whose job was killed before it finished
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "overlay", "zfs", "f2fs", "vfat", "devtmpfs"}
 INSTALL = "--executor slurm needs submitit: pip install -e \".[slurm]\" (or pip install submitit)"
-
-
-@dataclass
-class SlurmOptions:
-    """Where and how each run's job is placed (--slurm-* flags over --cluster cluster.yaml)."""
-
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    time: int = 1440  # minutes per job; a run longer than that is requeued and resumes
-    gpus_per_run: int = 0
-    cpus_per_run: int = 4
-    tasks_per_run: int = 0  # DDP ranks per run; 0 = one per GPU (or 1 without GPUs)
-    mem: Optional[str] = None  # e.g. 32G
-    max_parallel: int = 0  # jobs queued or running at once; 0 = no limit
-    setup: list[str] = field(default_factory=list)  # shell lines run before each job
-
-    @property
-    def tasks(self) -> int:
-        return self.tasks_per_run or max(1, self.gpus_per_run)
 
 
 def load_options(cluster_file: Optional[str], flags: dict) -> SlurmOptions:

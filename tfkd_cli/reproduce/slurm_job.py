@@ -13,17 +13,35 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.recipe import dump
 from tfkd_cli.reproduce.plan import PlannedRun
 
-if TYPE_CHECKING:
-    from tfkd_cli.reproduce.slurm import SlurmOptions
-
 RECORD = "slurm.json"  # in the run directory
+
+
+@dataclass
+class SlurmOptions:
+    """Where and how each run's job is placed (--slurm-* flags over --cluster cluster.yaml)."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: int = 1440  # minutes per job; a run longer than that is requeued and resumes
+    gpus_per_run: int = 0
+    cpus_per_run: int = 4
+    tasks_per_run: int = 0  # DDP ranks per run; 0 = one per GPU (or 1 without GPUs)
+    mem: Optional[str] = None  # e.g. 32G
+    max_parallel: int = 0  # jobs queued or running at once; 0 = no limit
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job
+
+    @property
+    def tasks(self) -> int:
+        return self.tasks_per_run or max(1, self.gpus_per_run)
 
 
 class TrainJob:
@@ -95,7 +113,7 @@ def job_result(rec: dict) -> Optional[tuple]:
 class Submitter:
     """Submits runs with submitit and records each job id in its run directory."""
 
-    def __init__(self, o: "SlurmOptions", runs_dir: Path, is_active: Callable[[str], bool]):
+    def __init__(self, o: SlurmOptions, runs_dir: Path, is_active: Callable[[str], bool]):
         import submitit
 
         self.o, self.runs_dir, self.is_active = o, Path(runs_dir).resolve(), is_active
