@@ -97,9 +97,9 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     o = recipe.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay, nesterov=o.nesterov, foreach=True)
-    loss_fn = build_loss(recipe.method, uniform_teacher=recipe.teacher.uniform, **loss_params(recipe))
-    diagnose = functools.partial(term_norms, recipe.method, uniform_teacher=recipe.teacher.uniform,
-                                 **loss_params(recipe))
+    params = dict(uniform_teacher=recipe.teacher.uniform, **loss_params(recipe))
+    loss_fn = build_loss(recipe.method, **params)
+    diagnose = functools.partial(term_norms, recipe.method, **params)  # the same terms as the loss
     return Run(data, model, optimizer, loss_fn, teacher, info, cache, arch, autocast, channels_last, diagnose)
 
 

@@ -34,6 +34,13 @@ def _datasets_help() -> str:
     return ", ".join(names[:-1]) + f" or {names[-1]}."
 
 
+def _stacked(opts: list, f):
+    """`f` decorated with every option of `opts`, listed in --help in that order."""
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 def teacher_methods(needs: bool) -> list[str]:
     from tfkd_cli.losses import METHODS
 
@@ -77,12 +84,7 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
 
-    def wrap(f):
-        for o in reversed(opts):
-            f = o(f)
-        return f
-
-    return wrap
+    return lambda f: _stacked(opts, f)
 
 
 def flag_overrides(kw: dict) -> dict:
@@ -131,9 +133,7 @@ def executor_options(f):
         click.option("--slurm-max-parallel", type=int, default=None, help="Jobs queued or running at once (default: no limit)."),
         click.option("--slurm-setup", multiple=True, help="Shell line run before each job, e.g. 'module load cuda' (repeatable)."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _stacked(opts, f)
 
 
 def executor_args(kw: dict) -> dict:
@@ -160,6 +160,4 @@ def runner_options(f):
         click.option("--report-only", is_flag=True, help="Write the table from finished runs; train nothing."),
         click.option("--retry-failed", is_flag=True, help="Run failed runs again."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _stacked(opts, f)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import virtual_teacher
+from tfkd_cli.losses import uniform, virtual_teacher
 
 Grads = tuple[Tensor, Optional[Tensor]]  # (label term, teacher term or None) batch-loss gradients
 
@@ -71,10 +71,6 @@ def _kl_scale(n: int, k: int, semantics: str) -> float:
     return 1.0 / (n * k if semantics == "official" else n)
 
 
-def _uniform(z: Tensor) -> Tensor:
-    return torch.full_like(z, 1.0 / z.shape[1])
-
-
 def ce_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, label_weight: float = 1.0,
              **_: object) -> Grads:
     """ce: label = w (p - q) / N, no teacher term."""
@@ -87,7 +83,7 @@ def kd_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float =
     """kd / kd_self: label = (1-a)(p - q)/N, teacher = a T m (s_T(z) - s_T(t)) / (N R)."""
     T = temperature
     if uniform_teacher:
-        soft = _uniform(z)
+        soft = uniform(z)
     elif t is None:
         raise TfkdError("kd diagnostics need teacher logits (or uniform_teacher=True)")
     else:
@@ -104,7 +100,7 @@ def tfkd_reg_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: f
     n, k = z.shape
     T = temperature
     if uniform_teacher:
-        target = _uniform(z)
+        target = uniform(z)
     else:
         target = F.softmax(virtual_teacher(y, k, correct_prob, z.dtype) / T, dim=1)
     if semantics == "official":
@@ -123,7 +119,7 @@ def lsr_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: floa
         u = torch.full_like(z, 1.0 / (k - 1))
         u[torch.arange(n, device=y.device), y] = 0.0
     else:
-        u = _uniform(z)
+        u = uniform(z)
     return (1.0 - epsilon) * _ce_grad(p, y), (epsilon / n) * (p - u)
 
 
@@ -159,6 +155,9 @@ def term_norms(method: str, z: Tensor, y: Tensor, t: Optional[Tensor] = None, **
         return torch.stack([_norm(label, label), _norm(teacher, label)])
 
 
+COLUMNS = ("grad_label", "grad_teacher", "teacher_share")  # metrics.csv, summary.json "diagnostics"
+
+
 @dataclass
 class EpochDiagnostics:
     """Mean over an epoch's batches of g_label and g_teacher. `add` keeps a device-side sum
@@ -174,6 +173,6 @@ class EpochDiagnostics:
 
     def row(self) -> dict[str, Optional[float]]:
         if not self.batches:
-            return {"grad_label": None, "grad_teacher": None, "teacher_share": None}
+            return dict.fromkeys(COLUMNS)
         gl, gt = (self.sums / self.batches).tolist()
         return {"grad_label": gl, "grad_teacher": gt, "teacher_share": share(gl, gt)}

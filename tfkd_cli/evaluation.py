@@ -8,6 +8,7 @@ from typing import Optional
 
 from tfkd_cli import fold, rundir
 from tfkd_cli.build import load_data
+from tfkd_cli.diagnostics import COLUMNS as DIAGNOSTICS
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.loading import load_model
 from tfkd_cli.metrics import evaluate
@@ -60,5 +61,4 @@ def evaluate_target(target: Path, *, model: Optional[str] = None, width: Optiona
 
 def _diagnostics(row: Optional[dict]) -> dict:
     """The training diagnostics of the checkpoint's epoch (metrics.csv; tfkd_cli.diagnostics), None if unknown."""
-    keys = ("grad_label", "grad_teacher", "teacher_share")
-    return {k: float(row[k]) if row and row.get(k) not in (None, "") else None for k in keys}
+    return {k: float(row[k]) if row and row.get(k) not in (None, "") else None for k in DIAGNOSTICS}

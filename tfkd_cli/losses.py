@@ -49,6 +49,11 @@ def _kl(target: Tensor, log_q: Tensor, semantics: str) -> Tensor:
     return elem.sum() / (n * k if semantics == "official" else n)
 
 
+def uniform(z: Tensor) -> Tensor:
+    """The uniform distribution u = 1/K over z's K classes, shaped and typed like z (the control's teacher)."""
+    return torch.full_like(z, 1.0 / z.shape[1])
+
+
 def ce(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, label_weight: float = 1.0, **_: object) -> Tensor:
     """Cross-entropy, weighted: L = w * CE, CE = mean_i -log softmax(z_i)[y_i] (w = 1: plain CE).
 
@@ -69,7 +74,7 @@ def kd(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temper
     """
     T = temperature
     if uniform_teacher:
-        soft = torch.full_like(_f32(z), 1.0 / z.shape[1])
+        soft = uniform(_f32(z))
     elif t is None:
         raise TfkdError("method kd needs teacher logits (set --teacher)")
     else:
@@ -104,7 +109,7 @@ def tfkd_reg(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, 
     """
     k = z.shape[1]
     if uniform_teacher:
-        target = torch.full_like(_f32(z), 1.0 / k)
+        target = uniform(_f32(z))
     else:
         target = F.softmax(virtual_teacher(y, k, correct_prob, _f32(z).dtype) / temperature, dim=1)
     student = _f32(z) / (temperature if semantics == "paper" else 1.0)

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from tfkd_cli.diagnostics import COLUMNS as DIAGNOSTICS
 from tfkd_cli.selection import select_epochs, test_view
 
 
@@ -53,7 +54,7 @@ def _diagnostics(row: Optional[dict]) -> Optional[dict]:
     """The last epoch's loss-term diagnostics (tfkd_cli.diagnostics), None before any epoch."""
     if row is None:
         return None
-    return {k: row.get(k) for k in ("grad_label", "grad_teacher", "teacher_share")}
+    return {k: row.get(k) for k in DIAGNOSTICS}
 
 
 class Clock:

@@ -29,6 +29,11 @@ def control_key(column: str, kind: str) -> str:
     return f"{column}~{kind}"
 
 
+def is_control(key: str) -> bool:
+    """Whether a column key (or run id) is a control's (`control_key`)."""
+    return "~" in key
+
+
 def _method(table: Table, rid: str) -> str:
     return pick([table.run_defaults, table.runs[rid]], "method") or "ce"
 

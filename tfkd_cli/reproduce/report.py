@@ -17,6 +17,7 @@ from typing import Optional
 from tfkd_cli import rundir
 from tfkd_cli.checkpoint import atomic_write_text
 from tfkd_cli.plots import table_curves
+from tfkd_cli.reproduce.controls import is_control
 from tfkd_cli.reproduce.figures import gain_figure
 from tfkd_cli.reproduce.plan import PlannedRun, scale_epoch, unique_runs
 from tfkd_cli.reproduce.spec import Scale, Table
@@ -326,10 +327,6 @@ def header_lines(res: dict) -> list[str]:
     return lines
 
 
-def _control(column: dict) -> bool:
-    return "~" in column["key"]  # reproduce.controls.control_key
-
-
 def to_markdown(res: dict) -> str:
     from tabulate import tabulate
 
@@ -341,7 +338,7 @@ def to_markdown(res: dict) -> str:
                 claim_texts.append(cl["text"])
     headers = ["row"]
     for c in cols:  # a control column has no paper number
-        headers += [f"{c['title']} (ours)"] if _control(c) else [f"{c['title']} (paper)", f"{c['title']} (ours)"]
+        headers += [f"{c['title']} (ours)"] if is_control(c["key"]) else [f"{c['title']} (paper)", f"{c['title']} (ours)"]
     with_controls = [t for t in claim_texts if any(cl["text"] == t and controls_text(cl) for r in res["rows"]
                                                      for cl in r["claims"])]
     headers += [f"{t}?" for t in claim_texts] + [f"{t}: beats its controls?" for t in with_controls]
@@ -351,7 +348,7 @@ def to_markdown(res: dict) -> str:
         for c in cols:
             cell = r["cells"].get(c["key"])
             text = list(_cell_text(cell)) if cell else ["", ""]
-            line += text[1:] if _control(c) else text
+            line += text[1:] if is_control(c["key"]) else text
         by_text = {cl["text"]: cl for cl in r["claims"]}
         for t in claim_texts:
             cl = by_text.get(t)

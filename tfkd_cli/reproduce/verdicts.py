@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from tfkd_cli.reproduce.controls import controls_of
+
 Outcome = Literal["yes", "no", "inconclusive", "n/a"]
 
 
@@ -164,8 +166,6 @@ def claim_verdicts(claim, cells: dict, claims: list, *, chance: float,
                    th: Thresholds = DEFAULT) -> tuple[Verdict, Optional[Verdict]]:
     """A table claim's verdict and, where its treated column has controls in the row, whether
     it beats them (`controls.add_controls`); `cells` are one row's result cells."""
-    from tfkd_cli.reproduce.controls import controls_of
-
     a, b = cells[claim.column], cells[claim.baseline]
     base = baseline_cell(claim, cells, claims)
     reg = claim.kind == "improves" and a.get("method") in REGULARISERS and b.get("method") == "ce"
