@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +17,12 @@ from tfkd_cli.errors import TfkdError
 @click.argument("table", required=False)
 @click.option("--scale", default="paper", show_default=True, help="paper, mini, smoke (recipes/scales/) or a scale overlay FILE.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field of every run, after the scale (repeatable).")
-@click.option("--seeds", type=int, default=1, show_default=True, help="Run seeds 0..N-1 of every run.")
+@click.option("--seeds", default=None, metavar="LIST",
+              help="Seeds to run: a list or range, e.g. 0,1 or 0-2 (default 0). The table also reports every "
+                   "seed already recorded in its results folder, so a table can be built in slices.")
+@click.option("--rerun", is_flag=True,
+              help="Train every run again, ignoring finished records; write to runs/rerun/<table>/<scale> "
+                   "(or --out) and list the cells that differ from the committed table.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Results folder (default results/<table>/<scale>).")
 @runner_options
 @click.option("--teachers", default=None, type=click.Path(file_okay=False),
@@ -26,16 +32,16 @@ from tfkd_cli.errors import TfkdError
 @click.option("--no-controls", is_flag=True, help="Skip the control runs (uniform teacher, ce x (1 - alpha)) of the cells with a teacher.")
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
 @executor_options
-def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Optional[str], runs_dir: str,
-              teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
+def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: Optional[str], rerun: bool, out: Optional[str],
+              runs_dir: str, teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
               report_only: bool, retry_failed: bool, no_controls: bool, list_: bool, **placement: Any) -> None:
     """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
 
     \b
     Examples:
       tfkd reproduce --list
-      tfkd reproduce table3 --scale smoke             # 23 runs, about 7.5 min on 2 cores, no download
-      tfkd reproduce table3 --scale mini --seeds 2 --jobs 2   # tiny100-32, ~35 min on 2 cores
+      tfkd reproduce table3 --scale smoke --rerun     # train the 23 runs again, compare with the committed table
+      tfkd reproduce table3 --scale mini --seeds 0,1 --jobs 2   # tiny100-32; --seeds 2 later, on any machine
       tfkd reproduce table3 --teachers pretrained_teacher_models/   # authors' teachers
       tfkd reproduce tfkd-reg-cifar100 --scale my_scale.yaml --set data.dataset=cifar10 --set data.root=DIR
       tfkd reproduce table3 --executor slurm --cluster cluster.yaml   # one Slurm job per run
@@ -48,15 +54,30 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: int, out: Op
         return
     if not table:
         raise TfkdError("name a table (tfkd reproduce --list shows them)")
-    if seeds < 1:
-        raise TfkdError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise TfkdError(f"--jobs must be >= 1, got {jobs}")
-    api.reproduce(table, scale=scale, seeds=seeds, out=out, runs_dir=runs_dir, teachers=teachers,
+    api.reproduce(table, scale=scale, seeds=parse_seeds(seeds) if seeds is not None else None, out=out,
+                  runs_dir=runs_dir, teachers=teachers,
                   only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
                   dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
-                  controls=not no_controls,
+                  controls=not no_controls, rerun=rerun, command=shlex.join(["tfkd", *sys.argv[1:]]),
                   log=lambda m: click.echo(m, err=True), echo=click.echo, **executor_args(placement))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0,1`, `2` or `0-2` (ranges inclusive, mixable: `0-2,5`) to a sorted list of seeds."""
+    seeds: set[int] = set()
+    for part in text.split(","):
+        a, sep, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b if sep else a)
+        except ValueError:
+            raise TfkdError(f"--seeds {text!r}: expected seeds as a list or range of integers >= 0, "
+                            "e.g. 0,1 or 0-2") from None
+        if lo > hi:
+            raise TfkdError(f"--seeds {text!r}: range {part.strip()} runs backwards; write {hi}-{lo}")
+        seeds.update(range(lo, hi + 1))
+    return sorted(seeds)
 
 
 @click.command()

@@ -184,13 +184,15 @@ def band(runs: list[Curves], metric: str = "test_top1") -> tuple[list[int], list
     return epochs, mean, std
 
 
-def _cell_curves(cell: dict, runs_dir: Path = Path(".")) -> list[Curves]:
-    """The finished runs of a table cell (named relative to `runs_dir`, as results record them);
+def _cell_curves(cell: dict, roots: tuple[Path, ...] = (Path("."),)) -> list[Curves]:
+    """The finished runs of a table cell (named by their directory, as results record them, and
+    found in the first of `roots` that holds them: a runs folder, or a table's records);
     a cell read at an epoch (De-KD teachers) stops there."""
     out = []
     for d in cell.get("runs") or []:
-        run = runs_dir / d  # an absolute path (older tables) stays as it is
-        if not (run / rundir.METRICS).is_file():  # the authors' released file: no curve
+        # an absolute path (older tables) stays as it is
+        run = next((r / d for r in roots if (r / d / rundir.METRICS).is_file()), None)
+        if run is None:  # the authors' released file: no curve
             continue
         c = load_curves(run)
         stop = cell.get("run_epoch")
@@ -202,7 +204,7 @@ def _cell_curves(cell: dict, runs_dir: Path = Path(".")) -> list[Curves]:
     return out
 
 
-def table_curves(res: dict, out: Path, runs_dir: Path = Path(".")) -> bool:
+def table_curves(res: dict, out: Path, roots: tuple[Path, ...] = (Path("."),)) -> bool:
     """curves.png of a results table: test top-1 per epoch of every cell, mean ± std over
     seeds, one panel per row. Returns False (and writes nothing) when no cell has a run."""
     titles = {c["key"]: c["title"] for c in res["columns"]}
@@ -210,7 +212,7 @@ def table_curves(res: dict, out: Path, runs_dir: Path = Path(".")) -> bool:
     for r in res["rows"]:
         lines = []
         for key, cell in r["cells"].items():
-            curves = _cell_curves(cell, runs_dir)
+            curves = _cell_curves(cell, roots)
             if curves:
                 label = titles.get(key, key) + (f" ({cell['name']})" if cell.get("name") else "")
                 lines.append((label + f", n={len(curves)}", band(curves)))

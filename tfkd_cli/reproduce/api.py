@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.reproduce import report
+from tfkd_cli.reproduce import records, report
 from tfkd_cli.reproduce.controls import add_controls
 from tfkd_cli.reproduce.cost import estimate_seconds
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
 from tfkd_cli.reproduce.executors import EXECUTORS, LocalOptions
-from tfkd_cli.reproduce.runner import status_of
+from tfkd_cli.reproduce.runner import status_of, weights_needed
 from tfkd_cli.reproduce.spec import index, load_scale, load_table
 
 
@@ -32,13 +33,16 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
     from tabulate import tabulate
 
     by_key = {(p.id, p.seed): p for p in plan}
+    again = {q.dir for q in weights_needed(plan)}
     lines, total = [], 0.0
     for p in unique_runs(plan):
-        st = status_of(p) or "pending"
+        st = "again (weights)" if p.dir in again else status_of(p) or "pending"
+        if st == "finished" and p.record is not None and not rundir.is_finished(p.dir):
+            st = "finished (record)"
         r = p.recipe
         teacher = by_key[p.deps[0]].recipe if p.deps else None
         secs = 0.0 if p.external else estimate_seconds(r, device, teacher)
-        if st == "pending":
+        if st in ("pending", "again (weights)"):
             total += secs
         dep = ", ".join(f"{by_key[d].id}" + (f"@ep{r.teacher.epoch}" if r.teacher.epoch else "") for d in p.deps)
         what = f"{r.model} x{r.width:g} {r.method}"
@@ -66,18 +70,23 @@ def _hms(s: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
-def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[str] = None,
+def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = None, out: Optional[str] = None,
               runs_dir: str = "runs/reproduce", teachers: Optional[str] = None, only: Optional[set] = None,
               jobs: int = 1, devices: Optional[list[str]] = None, dry_run: bool = False,
               report_only: bool = False, retry_failed: bool = False, sets: tuple = (), controls: bool = True,
-              executor: str = "local", executor_options: Optional[object] = None, status: bool = False,
+              rerun: bool = False, executor: str = "local", executor_options: Optional[object] = None,
+              status: bool = False, command: Optional[str] = None,
               log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[dict]:
+    """Plan, run and report a table. `seeds` are the seeds to run (default [0]); the table reports
+    those and every seed already recorded in its results folder (a table built in slices).
+    Finished runs' records count as finished unless `rerun`, which trains every run again and
+    writes to runs/rerun/<table>/<scale>/ (default), never over the committed table."""
     table = load_table(name)
     if controls:  # the uniform-teacher and ce x (1 - alpha) runs of every cell with a teacher
         table = add_controls(table)
     sc = load_scale(scale)
     overrides = check_sets(sets)
-    seed_list = list(range(seeds))
+    asked = sorted(set(seeds or [0]))
     if only:
         unknown = set(only) - set(table.runs)
         if unknown:
@@ -87,13 +96,24 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
     if tdir is not None and not tdir.is_dir():
         raise TfkdError(f"--teachers {tdir}: not a folder (expected the unzipped pretrained_teacher_models/ "
                         "with base_<name>/best.pth.tar)")
-    plan = build_plan(table, sc, seed_list, Path(runs_dir), teachers=tdir, only=only, sets=overrides)
+    reference = Path("results") / table.table / sc.scale  # the committed table of this scale
+    out_dir = Path(out) if out else (Path("runs/rerun") / table.table / sc.scale if rerun else reference)
+    where = [] if rerun else records.roots(out_dir, sc.scale)
+
+    def plan_for(seed_list: list[int]) -> list[PlannedRun]:
+        plan = build_plan(table, sc, seed_list, Path(runs_dir), teachers=tdir, only=only, sets=overrides)
+        for p in plan:
+            p.record = None if p.external else records.find(p.dir.name, where)
+        return plan
+
+    plan = plan_for(asked)
     for p in plan:
         if p.external and not p.release.is_dir():
             raise TfkdError(f"--teachers: {p.release} not found (run {p.id} of {table.table} uses it)")
     device = (devices or ["cuda" if _cuda() else "cpu"])[0]
     if dry_run:
-        echo(f"{table.table} at scale {sc.scale}, seeds {seed_list}, runs in {Path(runs_dir).resolve()}"
+        echo(f"{table.table} at scale {sc.scale}, seeds {asked}, runs in {Path(runs_dir).resolve()}"
+             + (f", records in {records.folder(out_dir)}" if not rerun else ", records ignored (--rerun)")
              + (f", --set {' '.join(sets)}" if sets else ""))
         echo(format_plan(plan, device))
         return None
@@ -103,14 +123,71 @@ def reproduce(name: str, *, scale: str = "paper", seeds: int = 1, out: Optional[
         echo(status_table(plan, with_queue=executor == "slurm"))
         return None
     if not report_only:
-        run = EXECUTORS[executor]
-        run(plan, executor_options or LocalOptions(jobs, devices), Path(runs_dir), retry_failed=retry_failed, log=log)
-    res = report.build_results(table, sc, plan, seed_list, sets=list(sets))
-    out_dir = Path(out) if out else Path("results") / table.table / sc.scale
-    files = report.write(res, out_dir, Path(runs_dir))
+        _run(plan, out_dir, executor, executor_options or LocalOptions(jobs, devices), Path(runs_dir),
+             retry_failed, command, log)
+    shown = sorted(set(asked) | records.seeds(out_dir))  # slices recorded before, on any machine
+    report_plan = plan_for(shown) if shown != asked else plan_for(asked)
+    res = report.build_results(table, sc, report_plan, shown, sets=list(sets))
+    before = report.read_table(reference if rerun else out_dir)
+    files = report.write(res, out_dir, (Path(runs_dir).resolve(), *where, records.folder(out_dir).resolve()))
     echo(report.to_markdown(res))
     log("wrote " + ", ".join(str(f) for f in files))
+    if before is not None:
+        what = "the committed table " + str(reference / "table.json") if rerun else "the table it replaced"
+        log(report.cell_changes(before, res, what))
     return res
+
+
+def _run(plan: list[PlannedRun], out_dir: Path, executor: str, options: object, runs_dir: Path,
+         retry_failed: bool, command: Optional[str], log: Callable[[str], None]) -> None:
+    """Run the plan; record every run as it finishes; on Ctrl-C say where the table stands."""
+    by_key = {(p.id, p.seed): p for p in plan}
+    for p in unique_runs(plan):  # finished before (here, or for another table): record it with this one
+        if not p.external and (p.record is not None or rundir.is_finished(p.dir)):
+            record(p, out_dir, by_key)
+    try:
+        EXECUTORS[executor](plan, options, runs_dir, retry_failed=retry_failed, log=log,
+                            on_finished=lambda p: finished(p, out_dir, by_key, log))
+    except KeyboardInterrupt:
+        log(interrupted(plan, out_dir, command))
+        raise
+
+
+def record(p: PlannedRun, out_dir: Path, by_key: dict) -> None:
+    """Keep a finished run's records with the table. An existing record is the reference and is
+    never replaced; a shared run's record is copied from the table that holds it."""
+    own = records.folder(out_dir) / p.dir.name
+    if p.record is not None:
+        if p.record.resolve() != own.resolve():
+            p.record = records.save(p.record, out_dir)
+    elif rundir.is_finished(p.dir):
+        checks = {by_key[k].dir.name: c for k in p.deps if (c := records.read_check(by_key[k].dir))}
+        p.record = records.save(p.dir, out_dir, {"teacher_rerun": checks} if checks else None)
+
+
+def finished(p: PlannedRun, out_dir: Path, by_key: dict, log: Callable[[str], None]) -> None:
+    """A run trained by this call finished. One that had a record was trained again for its
+    weights: its metrics are checked against the record, which its students' records cite."""
+    if p.record is not None:
+        check = records.compare_metrics(p.dir, p.record)
+        records.write_check(p.dir, check)
+        log(f"check  {p.name:28s} trained again: " + ("metrics equal to its record" if check["equal"] else
+            "metrics differ from its record, max |diff| " + ", ".join(
+                f"{k} {v:.4g}" for k, v in check["max_abs_diff"].items()) + " (its students' records say so)"))
+    record(p, out_dir, by_key)
+
+
+def interrupted(plan: list[PlannedRun], out_dir: Path, command: Optional[str]) -> str:
+    """What Ctrl-C leaves: which runs finished (and are recorded), which resume from a checkpoint."""
+    runs = [p for p in unique_runs(plan) if not p.external]
+    done = [p for p in runs if p.record is not None or rundir.is_finished(p.dir)]
+    partial = [p for p in runs if p not in done and (p.dir / rundir.LAST).is_file()]
+    lines = [f"interrupted: {len(done)} of {len(runs)} runs finished (records in {records.folder(out_dir)}), "
+             f"{len(partial)} checkpointed, {len(runs) - len(done) - len(partial)} not started"]
+    if partial:
+        lines.append("checkpointed (they resume): " + ", ".join(p.name for p in partial))
+    lines.append(f"continue with: {command or 'the same tfkd reproduce command'}")
+    return "\n".join(lines)
 
 
 def check_sets(sets: tuple) -> dict:

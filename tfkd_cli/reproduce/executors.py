@@ -19,10 +19,11 @@ class LocalOptions:
 
 
 def run_local(plan: list[PlannedRun], o: LocalOptions, runs_dir: Path, *, retry_failed: bool = False,
-              log: Callable[[str], None] = print) -> dict[Path, str]:
-    return run_plan(plan, jobs=o.jobs, devices=o.devices, retry_failed=retry_failed, log=log)
+              log: Callable[[str], None] = print,
+              on_finished: Optional[Callable[[PlannedRun], None]] = None) -> dict[Path, str]:
+    return run_plan(plan, jobs=o.jobs, devices=o.devices, retry_failed=retry_failed, log=log, on_finished=on_finished)
 
 
-# name -> executor `(plan, options, runs_dir, *, retry_failed, log) -> run dir -> state`
+# name -> executor `(plan, options, runs_dir, *, retry_failed, log, on_finished) -> run dir -> state`
 # (slurm.run_plan imports submitit only when it submits)
 EXECUTORS: dict[str, Callable[..., dict[Path, str]]] = {"local": run_local, "slurm": slurm.run_plan}

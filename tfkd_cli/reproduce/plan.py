@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import canonical_name, is_torchvision
 from tfkd_cli.recipe import DataCfg, Recipe, dataset_profile, from_dict, merge, pick, stable
@@ -38,6 +39,14 @@ class PlannedRun:
     legacy_key: Optional[str] = None  # the key identity version 1 gave it
     deps: list[tuple[str, int]] = field(default_factory=list)  # (run id, seed) it needs finished
     release: Optional[Path] = None  # set when the authors' released weights stand in for it
+    record: Optional[Path] = None  # its finished record (reproduce/records.py), when there is one
+
+    @property
+    def source(self) -> Path:
+        """Where its results are read: the run directory once finished there, else its record."""
+        if self.record is not None and not rundir.is_finished(self.dir):
+            return self.record
+        return self.dir
 
     @property
     def name(self) -> str:

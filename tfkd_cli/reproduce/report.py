@@ -24,6 +24,7 @@ from tfkd_cli.reproduce.spec import Scale, Table
 from tfkd_cli.reproduce.verdicts import claim_verdicts, criteria
 
 NA = "n/a"
+GENERATED = "report generated"  # starts the one line that differs between two writes of one table
 
 
 def _fmt(x: Optional[float], nd: int = 2) -> str:
@@ -37,13 +38,11 @@ def _epoch_top1(run: Path, epoch: int) -> Optional[float]:
     return None
 
 
-def _in_runs(path: str, runs_dir: Path) -> str:
-    """A path inside the runs folder as relative to it, so that a committed table names no
-    machine's folders and a reader finds the run as `--runs-dir / path`; others as given."""
-    try:
-        return Path(path).relative_to(runs_dir).as_posix()
-    except ValueError:
-        return path
+def _in_runs(path: str, names: set[str]) -> str:
+    """A file of a planned run as `<run dir name>/<file>`, so that a committed table names no
+    machine's folders (a reader finds it in --runs-dir or in the records); others as given."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name in names else path
 
 
 def _release_top1(p: PlannedRun, epoch, plan: list[PlannedRun]) -> Optional[float]:
@@ -51,16 +50,18 @@ def _release_top1(p: PlannedRun, epoch, plan: list[PlannedRun]) -> Optional[floa
     for q in plan:
         t = q.recipe.teacher
         if t.path == str(p.release) and t.epoch == epoch:
-            s = rundir.read_summary(q.dir)
+            s = rundir.read_summary(q.source)
             if s and s.get("teacher") and s["teacher"].get("test"):
                 return s["teacher"]["test"]["top1"]
     return None
 
 
-def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[PlannedRun]) -> dict:
+def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[PlannedRun], gaps: list[str]) -> dict:
     """Per-seed values of one cell: the reported top-1 and, for reference, best, last and, for runs
-    with a validation split, the test top-1 at the val-selected epoch."""
+    with a validation split, the test top-1 at the val-selected epoch. A record that lacks a
+    field (written by older code) is named in `gaps` and skipped where it cannot count."""
     vals, best, last, train, dirs, teachers, selected, diag = [], [], [], [], [], [], [], []
+    names = {q.dir.name for q in plan}
     for p in runs:
         if p.external:  # the authors' file: only its accuracy as measured before distilling
             v = _release_top1(p, cell.epoch, plan)
@@ -68,31 +69,44 @@ def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[Planned
                 vals.append(v)
                 dirs.append(str(p.release))
             continue
-        s = rundir.read_summary(p.dir)
+        s = rundir.read_summary(p.source)
         if not s or s.get("status") != "finished":
             continue
-        dirs.append(_in_runs(str(p.dir), p.dir.parent))
         if cell.epoch is not None:
-            v = _epoch_top1(p.dir, scale_epoch(cell.epoch, factor))
+            v = _epoch_top1(p.source, scale_epoch(cell.epoch, factor))
             if v is None:
+                _gap(gaps, p, f"no test_top1 at epoch {scale_epoch(cell.epoch, factor)} in metrics.csv")
                 continue
+            dirs.append(p.dir.name)
             vals.append(v)
             continue
         b, l = s.get("best") or {}, s.get("last") or {}
-        report = p.recipe.train.report
-        vals.append((b if report == "best" else l)["top1"])
-        best.append(b["top1"])
-        last.append(l["top1"])
+        field = "best" if p.recipe.train.report == "best" else "last"
+        if (b if field == "best" else l).get("top1") is None:
+            _gap(gaps, p, f"summary.json has no {field}.top1")
+            continue
+        dirs.append(p.dir.name)
+        vals.append((b if field == "best" else l)["top1"])
+        best += [b["top1"]] if b.get("top1") is not None else []
+        last += [l["top1"]] if l.get("top1") is not None else []
         if s.get("selected"):
             selected.append(s["selected"]["top1"])
+        if l.get("train_top1") is None:
+            _gap(gaps, p, "summary.json has no last.train_top1 (the regime check cannot use it)")
         train.append(l.get("train_top1"))
-        diag.append(_run_diagnostics(p.dir, s))
+        diag.append(_run_diagnostics(p.source, s))
         if s.get("teacher"):
             t = s["teacher"]
-            teachers.append({"source": t["source"], "file": _in_runs(t["file"], p.dir.parent), "sha256": t["sha256"],
-                             "top1": t.get("test", {}).get("top1")})
+            teachers.append({"source": t.get("source"), "file": _in_runs(str(t.get("file")), names),
+                             "sha256": t.get("sha256") or "", "top1": (t.get("test") or {}).get("top1")})
     return {"values": vals, "best": best, "last": last, "train": [t for t in train if t is not None],
             "dirs": dirs, "teachers": teachers, "selected": selected, "diag": diag}
+
+
+def _gap(gaps: list[str], p: PlannedRun, what: str) -> None:
+    line = f"{p.name} ({p.dir.name}): {what}"
+    if line not in gaps:
+        gaps.append(line)
 
 
 def _run_diagnostics(run: Path, s: dict) -> dict:
@@ -130,6 +144,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
     by_id: dict[str, list[PlannedRun]] = {}
     for p in plan:
         by_id.setdefault(p.id, []).append(p)
+    gaps: list[str] = []
     rows = []
     for row in table.rows:
         cells = {}
@@ -140,9 +155,10 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
             c = {"name": cell.name, "paper": cell.paper, "paper_std": cell.paper_std,
                  "paper_gain": cell.paper_gain, "note": cell.note, "run": cell.run, "epoch": cell.epoch}
             if cell.run:
-                v = _cell_values(cell, by_id.get(cell.run, []), scale.epoch_factor, plan)
+                v = _cell_values(cell, by_id.get(cell.run, []), scale.epoch_factor, plan, gaps)
                 mean, std = _mean_std(v["values"])
                 c.update({"mean": mean, "std": std, "n": len(v["values"]), "values": v["values"],
+                          "n_planned": len(by_id.get(cell.run, [])),
                           "best_mean": _mean_std(v["best"])[0], "last_mean": _mean_std(v["last"])[0],
                           "train_top1_mean": _mean_std(v["train"])[0], "runs": v["dirs"],
                           "teachers": v["teachers"], "n_selected": len(v["selected"]),
@@ -170,6 +186,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
         rows.append({"label": row.label, "note": row.note, "cells": cells, "claims": claims})
     header = _header(table, scale, plan, seeds)
     header["val_selected"] = any(c.get("n_selected") for r in rows for c in r["cells"].values())
+    header["record_gaps"] = gaps
     return {"table": table.table, "title": table.title, "source": table.source, "status": table.status,
             "paper_dataset": table.dataset, "columns": [{"key": c.key, "title": c.title} for c in table.columns],
             "rows": rows, "notes": table.notes, "header": {**header, "overrides": list(sets or [])}}
@@ -216,8 +233,11 @@ def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]
     total, done, failed, prov, train_only = 0.0, 0, [], None, 0
     commits: list[str] = []  # a table's runs may span commits (a reproduction resumed after an update)
     uniq = unique_runs(plan)
+    missing = []
     for p in uniq:
-        s = rundir.read_summary(p.dir) if not p.external else None
+        s = rundir.read_summary(p.source) if not p.external else None
+        if not s or s.get("status") != "finished":
+            missing += [] if p.external else [p.name]
         if not s:
             continue
         run_s, train_s = s.get("run_time_s"), float(s.get("train_time_s") or 0.0)
@@ -240,8 +260,10 @@ def _header(table: Table, scale: Scale, plan: list[PlannedRun], seeds: list[int]
         "comparable_with_paper": scale.comparable_with_paper,
         "dataset": ", ".join(datasets), "data_note": scale.data_note,
         "seeds": seeds, "runs_total": len(uniq), "runs_finished": done, "runs_failed": failed,
+        "runs_missing": missing,
         "compute_time_s": round(total, 1), "compute_train_only_runs": train_only,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_by": rundir.git_commit(),  # the code that wrote this report (the runs' own: git_commits)
         **({k: prov.get(k) for k in keys} if prov else {}),
         "git_commits": commits,
     }
@@ -258,7 +280,8 @@ def _cell_text(c: dict) -> tuple[str, str]:
     elif not c.get("n"):
         ours = "pending"
     else:
-        ours = f"{c['mean']:.2f}±{c['std']:.2f} (n={c['n']})"
+        of = f" of {c['n_planned']}" if c.get("n_planned") and c["n_planned"] > c["n"] else ""
+        ours = f"{c['mean']:.2f}±{c['std']:.2f} (n={c['n']}{of})"
         if c.get("n_selected"):
             ours += f"; val-sel {c['selected_mean']:.2f}±{c['selected_std']:.2f}"
     name = f"{c['name']}: " if c.get("name") else ""
@@ -304,12 +327,14 @@ def header_lines(res: dict) -> list[str]:
         f"- dataset: {h['dataset']}" + (f" ({h['data_note']})" if h.get("data_note") else "")
         + f"; the paper used {res['paper_dataset']}",
         f"- seeds: {', '.join(map(str, h['seeds']))}; runs finished {h['runs_finished']}/{h['runs_total']}"
-        + (f", failed {len(h['runs_failed'])}" if h["runs_failed"] else ""),
+        + (f", failed {len(h['runs_failed'])}" if h["runs_failed"] else "")
+        + (f"; still missing: {', '.join(h['runs_missing'])}" if h.get("runs_missing") else ""),
         f"- compute: {h['compute_time_s'] / 3600:.2f} h of runs (training and evaluation) on {h.get('hardware') or 'n/a'} "
         f"({h.get('device') or 'n/a'})" + (f"; {h['compute_train_only_runs']} run(s) recorded training time only"
                                           if h.get("compute_train_only_runs") else ""),
-        f"- tfkd {h.get('tfkd')} at commit {', '.join(_short_commit(c) for c in h.get('git_commits') or []) or h.get('git_commit')}; torch {h.get('torch')}, torchvision "
-        f"{h.get('torchvision')}, Python {h.get('python')}; generated {h['generated']}",
+        f"- runs made by tfkd {h.get('tfkd')} at commit {', '.join(_short_commit(c) for c in h.get('git_commits') or []) or h.get('git_commit')}; torch {h.get('torch')}, torchvision "
+        f"{h.get('torchvision')}, Python {h.get('python')}",
+        f"- {GENERATED} {h['generated']} by commit {_short_commit(h.get('generated_by') or 'n/a')}",
         *([f"- overrides (--set, every run): {', '.join(h['overrides'])}"] if h.get("overrides") else []),
         f"- paper numbers: {res['source']}",
         "- cells: paper value, then ours as mean±std over seeds (n); top-1 test accuracy (%), "
@@ -380,6 +405,9 @@ def to_markdown(res: dict) -> str:
     if teachers:
         out += "\nTeachers (provenance):\n\n" + "\n".join(
             f"- {src}: `{f}` sha256 {sha}..." for src, f, sha in teachers) + "\n"
+    if res["header"].get("record_gaps"):
+        out += "\nRecords that lack a field (written by older code; left out where they cannot count):\n\n" + \
+            "\n".join(f"- {g}" for g in res["header"]["record_gaps"]) + "\n"
     if res["header"]["runs_failed"]:
         out += "\nFailed runs:\n\n" + "\n".join(f"- {f['run']}: {f['error']}" for f in res["header"]["runs_failed"]) + "\n"
     if res.get("notes"):
@@ -387,8 +415,9 @@ def to_markdown(res: dict) -> str:
     return out
 
 
-def write(res: dict, out: Path, runs_dir: Path = Path(".")) -> list[Path]:
-    """The table's files in `out`; `runs_dir` is the runs folder its cells' runs are named in."""
+def write(res: dict, out: Path, roots: tuple[Path, ...] = (Path("."),)) -> list[Path]:
+    """The table's files in `out`; `roots` are the folders its cells' runs are named in (the runs
+    folder, then the record folders)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "table.json", json.dumps(res, indent=2) + "\n")
@@ -397,5 +426,32 @@ def write(res: dict, out: Path, runs_dir: Path = Path(".")) -> list[Path]:
     atomic_write_text(out / "table.csv", meta + frame.to_csv(index=False))
     atomic_write_text(out / "table.md", to_markdown(res))
     gain_figure(res, out / "table.png")
-    curves = ["curves.png"] if table_curves(res, out / "curves.png", Path(runs_dir)) else []
+    curves = ["curves.png"] if table_curves(res, out / "curves.png", roots) else []
     return [out / n for n in ("table.md", "table.csv", "table.json", "table.png", *curves)]
+
+
+# -- a table against the one it replaces ------------------------------------------------
+
+
+def read_table(folder: Path) -> Optional[dict]:
+    """A results folder's table.json, or None when there is none (or it cannot be read)."""
+    p = Path(folder) / "table.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def cell_changes(before: dict, res: dict, what: str) -> str:
+    """One line per cell whose mean or seed count differs from `before` (a table read back)."""
+    old = {(r["label"], k): c for r in before.get("rows", []) for k, c in r.get("cells", {}).items()}
+    lines = []
+    for r in res["rows"]:
+        for k, c in r["cells"].items():
+            o = old.get((r["label"], k), {})
+            if (_fmt(o.get("mean")), o.get("n")) != (_fmt(c.get("mean")), c.get("n")):
+                lines.append(f"  {r['label']} / {k}: {_fmt(o.get('mean'))} (n={o.get('n')}) -> "
+                             f"{_fmt(c.get('mean'))} (n={c.get('n')})")
+    if not lines:
+        return f"every cell equals {what}"
+    return f"{len(lines)} cell(s) differ from {what}:\n" + "\n".join(lines)

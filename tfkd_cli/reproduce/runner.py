@@ -32,14 +32,38 @@ class Job:
     started: float
 
 
-def status_of(p: PlannedRun) -> Optional[str]:
-    """finished / failed / None (pending or partial) from the run's summary."""
+def dir_status(p: PlannedRun) -> Optional[str]:
+    """finished / failed / None (pending or partial) from the summary in the run directory."""
     if p.external:
         return EXTERNAL
     s = rundir.read_summary(p.dir)
     if not s or not p.recipe.matches_hash(s.get("recipe_hash")):
         return None
     return {"finished": FINISHED, "failed": FAILED}.get(s.get("status"))
+
+
+def status_of(p: PlannedRun) -> Optional[str]:
+    """The run's status, where a finished record (made here or on another machine) counts as finished."""
+    return FINISHED if p.record is not None else dir_status(p)
+
+
+def weights_needed(plan: list[PlannedRun]) -> list[PlannedRun]:
+    """Runs finished only as a record (no checkpoint here) whose weights a pending student
+    needs: they are trained again from their recipe (and then checked against the record)."""
+    by_key = {(p.id, p.seed): p for p in plan}
+    again: dict[Path, PlannedRun] = {}
+    changed = True
+    while changed:  # a retrained teacher may itself need its teacher's weights
+        changed = False
+        for p in unique_runs(plan):
+            if status_of(p) == FINISHED and p.dir not in again:
+                continue  # nobody needs weights from its teachers
+            for k in p.deps:
+                q = by_key[k]
+                if q.record is not None and dir_status(q) != FINISHED and q.dir not in again:
+                    again[q.dir] = q
+                    changed = True
+    return list(again.values())
 
 
 def _command(p: PlannedRun, recipe_file: Path, threads: int, device: Optional[str]) -> list[str]:
@@ -77,12 +101,18 @@ def _run_inline(p: PlannedRun, log: Callable[[str], None]) -> str:
 
 def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[str]] = None,
              retry_failed: bool = False, log: Callable[[str], None] = print,
-             poll: float = 0.5) -> dict[Path, str]:
-    """Run every pending run; returns run dir -> final status."""
+             poll: float = 0.5, on_finished: Optional[Callable[[PlannedRun], None]] = None) -> dict[Path, str]:
+    """Run every pending run; returns run dir -> final status. `on_finished(run)` is called as
+    soon as a run this call trained finishes (reproduce records it then)."""
     runs = unique_runs(plan)
-    sched = _Scheduler(plan, jobs, list(devices or []), log)
+    sched = _Scheduler(plan, jobs, list(devices or []), log, on_finished)
+    again = {q.dir for q in weights_needed(plan)}
+    for q in runs:
+        if q.dir in again:
+            log(f"again  {q.name:28s} finished elsewhere (record {q.record}); a student needs its "
+                "weights, so it is trained again from its recipe and checked against the record")
     for p in runs:
-        st = status_of(p)
+        st = None if p.dir in again else status_of(p)
         if st == FAILED and retry_failed:
             st = None
         if st:
@@ -115,9 +145,11 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
 class _Scheduler:
     """The local executor's state: what is done (`state`), waiting (`todo`) and running (`active`)."""
 
-    def __init__(self, plan: list[PlannedRun], jobs: int, devices: list[str], log: Callable[[str], None]):
+    def __init__(self, plan: list[PlannedRun], jobs: int, devices: list[str], log: Callable[[str], None],
+                 on_finished: Optional[Callable[[PlannedRun], None]] = None):
         self.by_key = {(p.id, p.seed): p for p in plan}
         self.jobs, self.devices, self.log = jobs, devices, log
+        self.on_finished = on_finished or (lambda p: None)
         self.threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
         self.state: dict[Path, str] = {}
         self.todo: list[PlannedRun] = []
@@ -131,9 +163,9 @@ class _Scheduler:
             return
         self.active.remove(job)
         p = job.run
-        st = status_of(p)
-        if rc == 0 and st == FINISHED:
+        if rc == 0 and rundir.is_finished(p.dir):
             self.state[p.dir] = FINISHED
+            self.on_finished(p)
             best = ((rundir.read_summary(p.dir) or {}).get("best") or {}).get("top1")
             self.log(f"done   {p.name:28s} {time.time() - job.started:7.1f}s  best top-1 {best}")
         elif rc == 130:
@@ -161,6 +193,8 @@ class _Scheduler:
             if not all(s in (FINISHED, EXTERNAL) for s in dep_states):
                 continue
             st = status_of(p)
+            if p.record is not None:
+                st = dir_status(p)  # here because it is trained again (weights_needed)
             if st in (FINISHED, FAILED):
                 self.todo.remove(p)
                 self.state[p.dir] = st
@@ -175,6 +209,8 @@ class _Scheduler:
                     self.todo.append(p)
                 else:
                     self.state[p.dir] = st
+                    if st == FINISHED:
+                        self.on_finished(p)
             else:
                 self.active.append(self._spawn(p))
         return started

@@ -32,7 +32,7 @@ import yaml
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce.plan import PlannedRun, unique_runs
-from tfkd_cli.reproduce.runner import BLOCKED, EXTERNAL, FAILED, FINISHED, status_of
+from tfkd_cli.reproduce.runner import BLOCKED, EXTERNAL, FAILED, FINISHED, dir_status, status_of, weights_needed
 from tfkd_cli.reproduce.slurm_job import SlurmOptions, Submitter, job_result, read_record, stderr_tail, write_record
 
 MAX_KILLS = 3  # resubmissions of a run whose job was killed before it finished
@@ -188,7 +188,7 @@ class Tracker:
 
 def classify(p: PlannedRun, rec: dict) -> tuple[str, str]:
     """What became of a run whose job left the queue: (finished|failed|killed, detail)."""
-    st = status_of(p)
+    st = dir_status(p)  # a run trained again beside its record finishes here, not in the record
     if st == FINISHED:
         return FINISHED, ""
     if st == FAILED:  # the run's own message (a NaN loss) and the end of its stderr
@@ -235,8 +235,10 @@ def status_table(plan: list[PlannedRun], with_queue: bool = True) -> str:
 
 
 def run_plan(plan: list[PlannedRun], o: SlurmOptions, runs_dir: Path, *, retry_failed: bool = False,
-             log: Callable[[str], None] = print, poll: float = 2.0) -> dict[Path, str]:
-    """Submit every pending run when its teachers finish, wait for all; returns run dir -> status."""
+             log: Callable[[str], None] = print, poll: float = 2.0,
+             on_finished: Optional[Callable[[PlannedRun], None]] = None) -> dict[Path, str]:
+    """Submit every pending run when its teachers finish, wait for all; returns run dir -> status.
+    `on_finished(run)` is called as soon as a run submitted here finishes."""
     check(o, runs_dir)
     sub = Submitter(o, runs_dir, lambda jid: queue_states().get(jid) in ACTIVE)
     runs = unique_runs(plan)
@@ -244,8 +246,9 @@ def run_plan(plan: list[PlannedRun], o: SlurmOptions, runs_dir: Path, *, retry_f
     state: dict[Path, str] = {}
     active: dict[Path, Tracker] = {}
     queue = queue_states()
+    again = {q.dir for q in weights_needed(plan)}  # finished elsewhere; a student needs the weights
     for p in runs:
-        st, _ = run_state(p, queue)
+        st, _ = run_state(p, queue) if p.dir not in again else ("pending", "")
         rec = read_record(p.dir) if not p.external else {}
         if st in ("queued", "running", "stopped"):  # a stopped job is classified on the first pass
             active[p.dir] = Tracker(p, rec)
@@ -258,7 +261,7 @@ def run_plan(plan: list[PlannedRun], o: SlurmOptions, runs_dir: Path, *, retry_f
     todo = [p for p in runs if p.dir not in state and p.dir not in active]
     log(f"{len(runs)} runs: {len(state)} already done, {len(active)} on the cluster, {len(todo)} to submit")
     try:
-        _wait(todo, active, state, by_key, sub, o, log, poll, len(runs))
+        _wait(todo, active, state, by_key, sub, o, log, poll, len(runs), on_finished or (lambda p: None))
     except KeyboardInterrupt:
         if active:
             log(f"stopped waiting; {len(active)} job(s) stay on the cluster: run the same command again to "
@@ -268,7 +271,7 @@ def run_plan(plan: list[PlannedRun], o: SlurmOptions, runs_dir: Path, *, retry_f
 
 
 def _wait(todo: list, active: dict, state: dict, by_key: dict, sub: Submitter, o: SlurmOptions,
-          log: Callable[[str], None], poll: float, total: int) -> None:
+          log: Callable[[str], None], poll: float, total: int, on_finished: Callable[[PlannedRun], None]) -> None:
     with _progress(total, log) as bar:
         while todo or active:
             queue = queue_states()
@@ -290,6 +293,7 @@ def _wait(todo: list, active: dict, state: dict, by_key: dict, sub: Submitter, o
                 state[d] = what
                 write_record(d, {**t.rec, "state": what})
                 if what == FINISHED:
+                    on_finished(t.run)
                     best = ((rundir.read_summary(d) or {}).get("best") or {}).get("top1")
                     log(f"done   {t.run.name:28s} job {t.rec['job_id']}  best top-1 {best}")
                 else:
