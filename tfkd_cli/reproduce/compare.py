@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
+from tfkd_cli.reproduce import records
 from tfkd_cli.reproduce.report import controls_text, noise_note, verdict_text
 
 
@@ -39,7 +40,8 @@ def compare(paths: list[str], *, fmt: str = "rich", tolerance: float = 2.0,
     if kinds == {"run"}:
         return _runs(ps, fmt, echo)
     if len(ps) == 1:
-        return _vs_paper(_load_results(ps[0]), fmt, tolerance, echo)
+        res = _load_results(ps[0])
+        return _vs_paper(res, fmt, tolerance, echo, records_note(ps[0], res))
     if len(ps) == 2:
         return _two_results(_load_results(ps[0]), _load_results(ps[1]), str(ps[0]), str(ps[1]), fmt, tolerance, echo)
     raise TfkdError("compare takes one results folder (vs the paper) or two (row by row)")
@@ -114,7 +116,20 @@ def _f(x: Optional[float], sign: bool = False) -> str:
     return f"{x:+.2f}" if sign else f"{x:.2f}"
 
 
-def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None]) -> int:
+def records_note(folder: Path, res: dict) -> str:
+    """Whether the run records behind a results folder are all there (reproduce/records.py)."""
+    named = {d for r in res["rows"] for c in r["cells"].values() for d in c.get("runs") or []
+             if not Path(d).is_absolute() and "/" not in d}  # release files are paths, runs are names
+    held = {d.name for d in records.folder(folder).glob("*") if records.find(d.name, [records.folder(folder)])}
+    if not held:
+        return "records: none (a table without its runs' records cannot be re-derived)"
+    lacking = sorted(named - held)
+    if not lacking:
+        return f"records: {len(held)} runs, every run the table names"
+    return f"records: {len(held)} runs; {len(lacking)} run(s) the table names have none: {', '.join(lacking)}"
+
+
+def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None], records_line: str = "") -> int:
     h = res["header"]
     headers = ["row", "cell", "paper", "ours", "n", "delta", "claim", "verdict", "paper verdict"]
     rows, flags, failed = [], [], 0
@@ -138,7 +153,8 @@ def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None]) -> i
                "NOT comparable with the paper (reduced protocol): compare claims, not numbers"))
     _emit(headers, rows, flags, fmt, f"{res['table']}: {res['title']}", echo,
           [note, _tally_note([cl for r in res["rows"] for cl in r["claims"]]),
-           f"highlighted: a claim that does not hold, or |delta| > {tol} at a comparable scale"])
+           f"highlighted: a claim that does not hold, or |delta| > {tol} at a comparable scale",
+           *([records_line] if records_line else [])])
     return failed
 
 
