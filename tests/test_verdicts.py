@@ -4,8 +4,8 @@ per-cell mean, std, n, last-epoch test and final train top-1) plus hand-made con
 import pytest
 
 from tfkd_cli.reproduce.report import _noise
-from tfkd_cli.reproduce.verdicts import (Thresholds, Verdict, beats_controls, claim_verdict, fit_gap,
-                                         inconclusive_reason, not_trained, two_se)
+from tfkd_cli.reproduce.verdicts import (Thresholds, Verdict, beats_controls, claim_verdict, claim_verdicts, criteria,
+                                         fit_gap, inconclusive_reason, not_trained, two_se)
 
 
 def cell(mean, std=0.5, n=2, train=None, last=None):
@@ -27,6 +27,15 @@ GOOG_REG = cell(6.51, 0.44, train=6.03, last=6.38)
 SMOKE_SV2_BASE = cell(17.22, 0.0, n=1, train=11.62, last=17.22)
 SMOKE_R18_BASE = cell(81.94, 0.0, n=1, train=78.43, last=81.94)
 SMOKE_R18_DEKD = cell(30.56, 0.0, n=1, train=26.65, last=30.56)
+# results/table3/smoke, ResNet50 (1 ep) -> ResNet18 and ResNet18 -> MobileNetV2 rows (commit ce70a965f0ed)
+SMOKE2_R18_BASE = cell(74.17, 0.0, n=1, train=69.38, last=74.17)
+SMOKE2_R18_DEKD = cell(9.72, 0.0, n=1, train=9.67, last=9.72)
+SMOKE2_R18_UNIFORM = cell(82.22, 0.0, n=1, train=76.69, last=81.94)
+SMOKE2_R18_CE = cell(80.28, 0.0, n=1, train=74.18, last=80.28)
+SMOKE2_MV2_BASE = cell(26.94, 0.0, n=1, train=21.16, last=26.94)
+SMOKE2_MV2_DEKD = cell(10.28, 0.0, n=1, train=10.37, last=10.00)
+SMOKE2_MV2_UNIFORM = cell(11.67, 0.0, n=1, train=9.53, last=11.67)
+SMOKE2_MV2_CE = cell(10.28, 0.0, n=1, train=9.67, last=8.61)
 
 
 def test_starved_students_are_inconclusive_not_no():
@@ -132,3 +141,54 @@ def test_beats_controls_inconclusive():
     one = cell(9.0, 0.0, n=1, train=20.0)
     assert beats_controls(R18_DEKD, {"u": one}, R18_BASE, chance=1.0).reason == "1 seed: the noise against u is unknown"
     assert beats_controls(cell(None), {"u": ctrl}, R18_BASE, chance=1.0) == Verdict("n/a")
+
+
+# -- a treated run that did not train, judged by its controls -----------------------------
+
+def test_starved_run_whose_controls_trained_is_no():
+    """Smoke ResNet50 -> ResNet18: De-KD 9.7% while the uniform teacher (82.2%) and ce x (1-a)
+    (80.3%) trained with the same loss weights: the teacher stopped the student."""
+    ctrl = {"uniform teacher": SMOKE2_R18_UNIFORM, "ce x (1-a)": SMOKE2_R18_CE}
+    v = claim_verdict("improves", SMOKE2_R18_DEKD, SMOKE2_R18_BASE, SMOKE2_R18_BASE, chance=10.0,
+                      regularisation=True, names=("dekd", "student"), controls=ctrl)
+    assert str(v) == ("no (dekd did not train: train top-1 9.67 < 2x chance (20.00); "
+                      "both its controls trained, so the teacher stopped it)")
+    # without its controls the same claim is untested, as before
+    v = claim_verdict("improves", SMOKE2_R18_DEKD, SMOKE2_R18_BASE, SMOKE2_R18_BASE, chance=10.0,
+                      regularisation=True, names=("dekd", "student"))
+    assert v.outcome == "inconclusive" and v.reason.startswith("dekd did not train")
+
+
+def test_starved_run_whose_controls_starved_stays_inconclusive():
+    """Smoke ResNet18 -> MobileNetV2: both controls sit at chance too (train 9.5%, 9.7%)."""
+    ctrl = {"uniform teacher": SMOKE2_MV2_UNIFORM, "ce x (1-a)": SMOKE2_MV2_CE}
+    v = claim_verdict("improves", SMOKE2_MV2_DEKD, SMOKE2_MV2_BASE, SMOKE2_MV2_BASE, chance=10.0,
+                      regularisation=True, names=("dekd", "student"), controls=ctrl)
+    assert str(v) == "inconclusive (dekd did not train: train top-1 10.37 < 2x chance (20.00))"
+    # one control trained, the other starved: not both, so still inconclusive
+    one = {"uniform teacher": SMOKE2_R18_UNIFORM, "ce x (1-a)": SMOKE2_MV2_CE}
+    v = claim_verdict("improves", SMOKE2_MV2_DEKD, SMOKE2_MV2_BASE, SMOKE2_MV2_BASE, chance=10.0,
+                      regularisation=True, names=("dekd", "student"), controls=one)
+    assert v.outcome == "inconclusive"
+    # a baseline that did not train leaves nothing to compare with, whatever the controls did
+    ctrl = {"uniform teacher": SMOKE2_R18_UNIFORM, "ce x (1-a)": SMOKE2_R18_CE}
+    v = claim_verdict("improves", SMOKE2_MV2_DEKD, SMOKE_SV2_BASE, SMOKE_SV2_BASE, chance=10.0,
+                      regularisation=True, names=("dekd", "student"), controls=ctrl)
+    assert v.outcome == "inconclusive" and v.reason.startswith("baseline did not train")
+
+
+def test_table_claim_uses_both_controls_of_its_row():
+    """`claim_verdicts` on a hand-built row: both control columns present -> no; one missing ->
+    inconclusive (the rule needs both)."""
+    from tfkd_cli.reproduce.spec import Claim
+
+    claim = Claim(text="De-KD improved the student", column="dekd", baseline="student", kind="improves")
+    row = {"student": {**SMOKE2_R18_BASE, "method": "ce"}, "dekd": {**SMOKE2_R18_DEKD, "method": "kd"},
+           "dekd~uniform": {**SMOKE2_R18_UNIFORM, "method": "kd"}, "dekd~ce": {**SMOKE2_R18_CE, "method": "ce"}}
+    verdict, beats = claim_verdicts(claim, row, [claim], chance=10.0)
+    assert verdict.outcome == "no" and "the teacher stopped it" in verdict.reason
+    assert beats.outcome == "inconclusive"  # "beats its controls?" keeps its own rule
+    del row["dekd~ce"]
+    verdict, _ = claim_verdicts(claim, row, [claim], chance=10.0)
+    assert verdict.outcome == "inconclusive"
+    assert "both its controls trained" in criteria()

@@ -10,6 +10,9 @@ docs/verdicts.md. A claim is inconclusive when
   does not fit its training set better than its test set: train - test < `min_fit_gap` points
   (a regulariser has nothing to correct in a model that does not over-fit).
 
+except that a claim whose treated run did not train while both its controls (the same loss
+weights, no teacher) trained is `no`: the teacher stopped it, not the loss scaling.
+
 The second verdict, `beats_controls`, asks whether a gain is attributable to the teacher: the
 treated cell must beat every control (the uniform-teacher run and ce with label_weight = 1 - a)
 by more than two standard errors over seeds, the noise definition of `report._noise`
@@ -22,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from tfkd_cli.reproduce.controls import controls_of
+from tfkd_cli.reproduce.controls import KINDS, controls_of
 
 Outcome = Literal["yes", "no", "inconclusive", "n/a"]
 
@@ -91,19 +94,41 @@ def inconclusive_reason(treated: dict, compared: dict, baseline: dict, *, chance
     return None
 
 
+def stopped_by_teacher(treated: dict, compared: dict, baseline: dict, controls: dict[str, dict], *,
+                       chance: float, name: str = "treated", th: Thresholds = DEFAULT) -> Optional[str]:
+    """Why the treated run's failure to train is the teacher's doing, else None: the baseline
+    and the compared run trained, the treated run did not, and every control (`controls`, both
+    kinds) trained. The controls keep the treated run's loss weights and drop the teacher, so
+    the loss scaling alone trains; what starved the treated run is its teacher."""
+    if not controls or not_trained(baseline, "baseline", chance, None, th) \
+            or not_trained(compared, "compared", chance, baseline, th):
+        return None
+    why = not_trained(treated, name, chance, baseline, th)
+    if why is None or any(not_trained(c, n, chance, baseline, th) for n, c in controls.items()):
+        return None
+    return f"{why}; both its controls trained, so the teacher stopped it"
+
+
 def claim_verdict(kind: str, treated: dict, compared: dict, baseline: dict, *, chance: float,
                   regularisation: bool, tolerance: float = 0.0, names: tuple[str, str] = ("treated", "baseline"),
-                  th: Thresholds = DEFAULT) -> Verdict:
+                  controls: Optional[dict[str, dict]] = None, th: Thresholds = DEFAULT) -> Verdict:
     """`improves`: treated mean > compared mean; `matches`: >= compared - tolerance; unless
-    the claim was not tested (see `inconclusive_reason`)."""
+    the claim was not tested (see `inconclusive_reason`). `controls` (name -> cell, both of
+    the treated column's) turn a treated run that did not train into `no` when they trained
+    (`stopped_by_teacher`); this comes before the fit-gap rule: a collapse is not a missed gain."""
     x, y = treated.get("mean"), compared.get("mean")
     if x is None or y is None:
         return Verdict("n/a")
+    ok = x >= y - tolerance if kind == "matches" else x > y
+    # a starved run that still "wins" on test is too odd to call: it stays inconclusive below
+    stopped = None if ok else stopped_by_teacher(treated, compared, baseline, controls or {}, chance=chance,
+                                                 name=names[0], th=th)
+    if stopped:
+        return Verdict("no", stopped)
     why = inconclusive_reason(treated, compared, baseline, chance=chance, regularisation=regularisation,
                               names=names, th=th)
     if why:
         return Verdict("inconclusive", why)
-    ok = x >= y - tolerance if kind == "matches" else x > y
     return Verdict("yes" if ok else "no")
 
 
@@ -169,9 +194,10 @@ def claim_verdicts(claim, cells: dict, claims: list, *, chance: float,
     a, b = cells[claim.column], cells[claim.baseline]
     base = baseline_cell(claim, cells, claims)
     reg = claim.kind == "improves" and a.get("method") in REGULARISERS and b.get("method") == "ce"
-    verdict = claim_verdict(claim.kind, a, b, base, chance=chance, regularisation=reg, tolerance=claim.tolerance,
-                            names=(claim.column, claim.baseline), th=th)
     ctrl = controls_of(cells, claim.column)
+    both = ctrl if len(ctrl) == len(KINDS) else None  # the rule needs both controls
+    verdict = claim_verdict(claim.kind, a, b, base, chance=chance, regularisation=reg, tolerance=claim.tolerance,
+                            names=(claim.column, claim.baseline), controls=both, th=th)
     return verdict, (beats_controls(a, ctrl, base, chance=chance, th=th) if ctrl else None)
 
 
@@ -179,5 +205,6 @@ def criteria(th: Thresholds = DEFAULT) -> str:
     """The verdicts' criteria in one line, for a table header (docs/verdicts.md)."""
     return (f"inconclusive: a compared run below {th.chance_multiple:g}x chance or {th.baseline_fraction:g}x "
             f"its baseline's train top-1, or a regularisation claim whose baseline over-fits by "
-            f"< {th.min_fit_gap:g} points; beats its controls: > 2 standard errors above the uniform-teacher "
+            f"< {th.min_fit_gap:g} points; no instead when only the treated run starved and both its controls "
+            "trained; beats its controls: > 2 standard errors above the uniform-teacher "
             "run and ce x (1 - alpha) (docs/verdicts.md)")
