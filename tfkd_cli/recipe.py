@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import typing
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -308,9 +309,16 @@ def resolve(file: Optional[str | Path] = None, sets: typing.Iterable[str] = (),
 
 
 def recipes_dir() -> Path:
-    """The recipes/ folder of this checkout ($TFKD_RECIPES overrides)."""
+    """The recipes folder: $TFKD_RECIPES, else the installed package's data folder
+    `tfkd_cli/recipes` (the wheel maps the repository's top-level recipes/ there, see
+    pyproject.toml), else, in a source checkout, the top-level recipes/ beside the package."""
     env = os.environ.get("TFKD_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    if env:
+        return Path(env)
+    packaged = Path(str(resources.files("tfkd_cli") / "recipes"))  # a wheel installs plain files
+    if packaged.is_dir():
+        return packaged
+    return Path(str(resources.files("tfkd_cli"))).parent / "recipes"
 
 
 def pick(layers: list[dict], *keys: str) -> Any:
