@@ -22,7 +22,7 @@ from tfkd_cli.data.loaders import Data
 from tfkd_cli.diagnostics import term_norms
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.loading import Loaded, load_model
-from tfkd_cli.losses import NEEDS_TEACHER, build_loss
+from tfkd_cli.methods import NEEDS_TEACHER, build_loss
 from tfkd_cli.metrics import evaluate
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.recipe import Recipe
@@ -111,7 +111,7 @@ def load_data(recipe: Recipe, device: torch.device, dd: Dist = Dist(), channels_
 
 
 def loss_params(recipe: Recipe) -> dict:
-    return recipe.loss_params()  # the parameters the method reads (tfkd_cli.losses.METHODS)
+    return recipe.loss_params()  # the parameters the method reads (tfkd_cli.methods.METHODS)
 
 
 def _load_teacher(recipe: Recipe, data: Data, log: Callable[[str], None]) -> Loaded:

@@ -22,7 +22,7 @@ class RegistryHelp(click.Option):
 
 
 def _methods_help(default: Optional[str]) -> str:
-    from tfkd_cli.losses import METHODS
+    from tfkd_cli.methods import METHODS
 
     return "Loss: " + ", ".join(METHODS) + (f" (default {default})." if default else ".")
 
@@ -42,7 +42,7 @@ def _stacked(opts: list, f):
 
 
 def teacher_methods(needs: bool) -> list[str]:
-    from tfkd_cli.losses import METHODS
+    from tfkd_cli.methods import METHODS
 
     return [n for n, m in METHODS.items() if m.needs_teacher == needs]
 

@@ -25,8 +25,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import METHODS, PARAMS, method_params
+from tfkd_cli.errors import ConfigError, TfkdError
+from tfkd_cli.losses import PARAMS
+from tfkd_cli.methods import METHODS, method_params
 from tfkd_cli.recipe_check import build, check_values
 
 # Version of the run identity. 1 (before tfkd 0.x, commit 35f0c10): every loss parameter,
@@ -288,7 +289,7 @@ def from_dict(data: dict, source: str = "recipe") -> Recipe:
     try:
         r = build(Recipe, data, "")
     except TfkdError as e:
-        raise TfkdError(f"{source}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
     check_values(r, source)
     for k, v in r.loss_params().items():  # a parameter the methods' defaults disagree on
         setattr(r.loss, k, v)

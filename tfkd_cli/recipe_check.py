@@ -9,8 +9,9 @@ import types
 import typing
 from typing import Any, Callable, Literal
 
-from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import METHODS, PARAMS, check_uniform
+from tfkd_cli.errors import ConfigError, TfkdError
+from tfkd_cli.losses import PARAMS, check_param
+from tfkd_cli.methods import METHODS, check_uniform
 
 
 def type_name(tp: Any) -> str:
@@ -111,7 +112,7 @@ def check_values(r: Any, src: str) -> None:
     """Value checks a type cannot express on a built Recipe; each names the key and what is allowed."""
 
     def bad(key: str, what: str) -> None:
-        raise TfkdError(f"{src}: {key} must be {what}")
+        raise ConfigError(f"{src}: {key} must be {what}")
 
     from tfkd_cli.models import canonical_name
 
@@ -128,10 +129,13 @@ def check_values(r: Any, src: str) -> None:
     for key, ok, allowed in _RANGES:
         if not ok(_get(r, key)):
             bad(key, f"{allowed} (got {_get(r, key)})")
-    for name, p in PARAMS.items():
+    for name in PARAMS:  # the check (and line) the tfkd_cli.losses modules raise too
         value = getattr(r.loss, name)
-        if value is not None and not p.ok(value):
-            bad(f"loss.{name}", f"{p.allowed} (got {value})")
+        if value is not None:
+            try:
+                check_param(name, value)
+            except ConfigError as e:
+                raise ConfigError(f"{src}: {e}") from None
     if any(not 1 <= e <= r.train.epochs for e in r.train.keep_epochs):
         bad("train.keep_epochs", f"epochs in 1..{r.train.epochs} (got {r.train.keep_epochs})")
     _check_teacher(r, src, bad)
