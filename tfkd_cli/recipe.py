@@ -48,6 +48,9 @@ class TeacherCfg:
     epoch: Optional[int] = None  # a kept epoch checkpoint of the teacher run (De-KD), else its best
     width: Optional[float] = None  # width of an official checkpoint's model (default 1.0)
     uniform: bool = False  # control: the uniform distribution instead of a teacher (kd, kd_self, tfkd_reg)
+    # accept a teacher whose recorded dataset is not this run's (--teacher-other-dataset); a
+    # permission, not part of the run's identity
+    other_dataset: bool = False
 
 
 def _loss_cfg() -> type:
@@ -80,7 +83,15 @@ class DataCfg:
     subset_seed: int = 0  # seeds the subset and the validation split (never the run seed)
     val_per_class: int = 0  # images per class held out of training for model selection (0: none, official)
     augment: bool = True
-    workers: int = 4  # folder datasets only
+    workers: int = 4  # DataLoader workers of streamed folder datasets, at most the cores this process may use
+    # dataset folder (tfkd_cli.data.imagefolder): resize on read to N x N (null: the images' one size)
+    image_size: Optional[int] = None
+    mean: Optional[list[float]] = None  # per-channel normalisation (null: the training images', computed once)
+    std: Optional[list[float]] = None
+    memory_mb: int = 2048  # a folder set is held in memory when its pixels fit in this many MiB, else streamed
+
+
+_FOLDER_DEFAULTS = {"image_size": None, "mean": None, "std": None, "memory_mb": 2048}
 
 
 @dataclass
@@ -161,10 +172,14 @@ class Recipe:
         d = self.to_dict()
         d.pop("runtime")
         d.pop("name")
+        d["teacher"].pop("other_dataset")
         for k in ("root", "download", "workers"):
             d["data"].pop(k)
         if not d["data"]["val_per_class"]:  # no split: the identity (and hash) of runs made before the field
             d["data"].pop("val_per_class")
+        for k, default in _FOLDER_DEFAULTS.items():  # likewise the folder-dataset fields, at their defaults
+            if d["data"][k] == default:
+                d["data"].pop(k)
         d["loss"] = {k: d["loss"][k] for k in _V1_LOSS}  # the loss fields there were then
         return d
 

@@ -105,6 +105,10 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.per_class", lambda v: v is None or v > 0, "> 0 or null"),
     ("data.val_per_class", lambda v: v >= 0, ">= 0"),
     ("teacher.epoch", lambda v: v is None or v > 0, ">= 1"),
+    ("data.image_size", lambda v: v is None or v > 0, "> 0 or null"),
+    ("data.mean", lambda v: v is None or len(v) == 3, "3 per-channel values or null"),
+    ("data.std", lambda v: v is None or (len(v) == 3 and min(v) > 0), "3 positive per-channel values or null"),
+    ("data.memory_mb", lambda v: v >= 0, ">= 0"),
 )
 
 
@@ -138,6 +142,8 @@ def check_values(r: Any, src: str) -> None:
                 raise ConfigError(f"{src}: {e}") from None
     if any(not 1 <= e <= r.train.epochs for e in r.train.keep_epochs):
         bad("train.keep_epochs", f"epochs in 1..{r.train.epochs} (got {r.train.keep_epochs})")
+    if (r.data.mean is None) != (r.data.std is None):
+        bad("data.mean", f"given with data.std (both, or neither: the training images' own; got mean {r.data.mean}, std {r.data.std})")
     _check_teacher(r, src, bad)
     if r.runtime.wandb is not None and not r.runtime.wandb.strip():
         bad("runtime.wandb", "a W&B project name, or null for no W&B (got an empty name)")
