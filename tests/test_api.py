@@ -121,7 +121,7 @@ def test_bad_parameter_is_a_value_error_with_the_line_the_cli_prints(build, flag
         build()
     assert isinstance(e.value, tfkd_cli.ConfigError)
     line = fail(["train-teacher", "--dataset", "digits", "--dry-run", "--method", "tfkd_reg", *flag])
-    assert line == f"tfkd: error: recipe: {e.value}"
+    assert line == f"tfkd: error: --set: {e.value}"  # the layer that set it
 
 
 def test_public_names_are_listed_and_import():

@@ -28,7 +28,7 @@ import yaml
 from tfkd_cli.errors import ConfigError, TfkdError
 from tfkd_cli.losses import PARAMS
 from tfkd_cli.methods import METHODS, method_params
-from tfkd_cli.recipe_check import build, check_values
+from tfkd_cli.recipe_check import build, check_layer, check_values
 
 # Version of the run identity. 1 (before tfkd 0.x, commit 35f0c10): every loss parameter,
 # read or not. 2: only the parameters the run's method reads. Runs written under 1 are still
@@ -365,6 +365,8 @@ def resolve_run(file: Optional[str | Path] = None, sets: typing.Iterable[str] = 
     if file:
         layers.append(load_layers(Path(file)))
     layers += [parse_set(sets), overrides or {}]
+    for layer, src in zip(layers[1:], [str(file)] * bool(file) + ["--set", "flags"]):
+        check_layer(Recipe, layer, src)  # every layer, not only what survives the merge
     data = dataset_profile(pick(layers, "data", "dataset") or DataCfg.dataset)
     for layer in layers:
         data = merge(data, layer)

@@ -161,3 +161,30 @@ def _check_teacher(r: Any, src: str, bad: Callable[[str, str], None]) -> None:
         bad("loss.label_weight", f"unset for method {r.method}, which does not read it (only ce does)")
     if METHODS[r.method].needs_teacher and not r.teacher.path and not r.teacher.uniform:
         bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher; or teacher.uniform)")
+
+
+def _has(data: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return data is not None
+
+
+def check_layer(cls: type, data: dict, src: str) -> None:
+    """One layer of a recipe (a file, the --set overrides, the flags) on its own: its keys, their
+    types and the ranges of the values it sets, so that a bad value is refused even when a
+    later layer overrides it."""
+    try:
+        r = build(cls, data, "")
+    except TfkdError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    for key, ok, allowed in _RANGES:
+        if _has(data, key) and not ok(_get(r, key)):
+            raise ConfigError(f"{src}: {key} must be {allowed} (got {_get(r, key)})")
+    for name in PARAMS:
+        if _has(data, f"loss.{name}"):
+            try:
+                check_param(name, getattr(r.loss, name))
+            except ConfigError as e:
+                raise ConfigError(f"{src}: {e}") from None
