@@ -41,7 +41,8 @@ def test_resume_with_only_out_takes_the_saved_recipe(reg_run):
                                          (["--batch-size", "64"], "train.batch_size is 32")])
 def test_resume_refuses_flags_that_disagree_with_the_saved_recipe(reg_run, flags, field):
     line = fail(["train-teacher", "--resume", "--out", reg_run, *flags])
-    assert f"--resume: {field} in {reg_run}/recipe.yaml" in line
+    assert f"{reg_run}/last.pt was written by another recipe (hash " in line
+    assert f": {field} in {reg_run}/recipe.yaml, but this command gives" in line
 
 
 def test_resume_accepts_agreeing_and_runtime_flags(reg_run):

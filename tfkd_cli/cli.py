@@ -110,9 +110,12 @@ def _resume_recipe(saved: Path, kw: dict, forced: dict) -> Any:
         check_layer(Recipe, layer, src)
         given = merge(given, layer)
     recipe = from_dict(merge(base.to_dict(), given), "recipe")
+    last = saved.parent / "last.pt"
     for key in _leaves(given):
         if not key.startswith(_RESUME_FREE) and _get(recipe, key) != _get(base, key):
-            raise TfkdError(f"--resume: {key} is {_get(base, key)!r} in {saved}, but this command gives "
+            what = (f"{last} was written by another recipe (hash {base.hash()} vs {recipe.hash()}): "
+                    if last.exists() else "--resume: ")
+            raise TfkdError(f"{what}{key} is {_get(base, key)!r} in {saved}, but this command gives "
                             f"{_get(recipe, key)!r}; resume with the saved recipe (leave {key} out) or start "
                             "a new run (--overwrite or another --out)")
     return recipe
