@@ -22,7 +22,7 @@ from tfkd_cli.data.loaders import Data
 from tfkd_cli.diagnostics import term_norms
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.loading import Loaded, load_model
-from tfkd_cli.losses import NEEDS_TEACHER, build_loss
+from tfkd_cli.methods import NEEDS_TEACHER, build_loss
 from tfkd_cli.metrics import evaluate
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.recipe import Recipe
@@ -93,7 +93,8 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     seed_everything(recipe.seed)
     model = build_model(recipe.model, num_classes=data.num_classes, width=recipe.width)
     model = model.to(device, memory_format=fmt)
-    arch = {"model": canonical_name(recipe.model), "num_classes": data.num_classes, "width": recipe.width}
+    arch = {"model": canonical_name(recipe.model), "num_classes": data.num_classes, "width": recipe.width,
+            "dataset": recipe.data.dataset}  # a student refuses a teacher of another dataset (_load_teacher)
     o = recipe.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay, nesterov=o.nesterov, foreach=True)
@@ -111,12 +112,16 @@ def load_data(recipe: Recipe, device: torch.device, dd: Dist = Dist(), channels_
 
 
 def loss_params(recipe: Recipe) -> dict:
-    return recipe.loss_params()  # the parameters the method reads (tfkd_cli.losses.METHODS)
+    return recipe.loss_params()  # the parameters the method reads (tfkd_cli.methods.METHODS)
 
 
 def _load_teacher(recipe: Recipe, data: Data, log: Callable[[str], None]) -> Loaded:
     t = recipe.teacher
     loaded = load_model(Path(t.path), model=t.model, width=t.width, num_classes=data.num_classes, epoch=t.epoch)
+    if loaded.dataset not in (None, recipe.data.dataset) and not t.other_dataset:
+        raise TfkdError(f"the teacher {loaded.file} was trained on {loaded.dataset}, this run trains on "
+                        f"{recipe.data.dataset}; to distill across datasets pass --teacher-other-dataset "
+                        "(teacher.other_dataset: true)")
     if recipe.method == "kd_self" and loaded.name != canonical_name(recipe.model):
         log(f"note: kd_self teacher is a {loaded.name}, student a {canonical_name(recipe.model)}")
     return loaded

@@ -73,8 +73,11 @@ def _run_training(kw: dict, forced: dict) -> None:
     from tfkd_cli.engine import train
     from tfkd_cli.recipe import dump, merge, resolve_run
 
-    overrides = merge(flag_overrides(kw), forced)
-    recipe = resolve_run(kw.get("recipe_file"), kw.get("sets", ()), overrides)
+    saved = Path(kw["out"]) / "recipe.yaml" if kw.get("resume") and kw.get("out") else None
+    if saved is not None and saved.is_file():  # `--resume --out DIR`, as an interrupted run says
+        recipe = _resume_recipe(saved, kw, forced if kw.get("method") else {})
+    else:
+        recipe = resolve_run(kw.get("recipe_file"), kw.get("sets", ()), merge(flag_overrides(kw), forced))
     out = Path(kw["out"]) if kw.get("out") else Path("runs") / f"{recipe.model}_{recipe.method}_s{recipe.seed}"
     if kw.get("dry_run"):
         click.echo(dump(recipe), nl=False)
@@ -83,6 +86,39 @@ def _run_training(kw: dict, forced: dict) -> None:
                     progress=not kw.get("quiet"), log=lambda m: click.echo(m, err=True))
     if summary:
         _print_result(out, summary)
+
+
+# Fields a resumed run may change: how and where it runs, not what it computes.
+_RESUME_FREE = ("runtime.", "data.root", "data.download", "data.workers", "name")
+
+
+def _leaves(d: dict, prefix: str = "") -> list[str]:
+    return [k for key, v in d.items()
+            for k in (_leaves(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
+
+
+def _resume_recipe(saved: Path, kw: dict, forced: dict) -> Any:
+    """The run's saved recipe; what the command line gives must agree with it (runtime aside)."""
+    from tfkd_cli.recipe import check_layer, from_dict, load_layers, merge, parse_set, Recipe
+    from tfkd_cli.recipe_check import _get
+
+    base = from_dict(load_layers(saved), str(saved))
+    layers = [(load_layers(Path(kw["recipe_file"])), kw["recipe_file"])] if kw.get("recipe_file") else []
+    layers += [(parse_set(kw.get("sets", ())), "--set"), (merge(flag_overrides(kw), forced), "flags")]
+    given: dict = {}
+    for layer, src in layers:
+        check_layer(Recipe, layer, src)
+        given = merge(given, layer)
+    recipe = from_dict(merge(base.to_dict(), given), "recipe")
+    last = saved.parent / "last.pt"
+    for key in _leaves(given):
+        if not key.startswith(_RESUME_FREE) and _get(recipe, key) != _get(base, key):
+            what = (f"{last} was written by another recipe (hash {base.hash()} vs {recipe.hash()}): "
+                    if last.exists() else "--resume: ")
+            raise TfkdError(f"{what}{key} is {_get(base, key)!r} in {saved}, but this command gives "
+                            f"{_get(recipe, key)!r}; resume with the saved recipe (leave {key} out) or start "
+                            "a new run (--overwrite or another --out)")
+    return recipe
 
 
 def _print_result(out: Path, s: dict) -> None:

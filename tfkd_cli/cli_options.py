@@ -22,7 +22,7 @@ class RegistryHelp(click.Option):
 
 
 def _methods_help(default: Optional[str]) -> str:
-    from tfkd_cli.losses import METHODS
+    from tfkd_cli.methods import METHODS
 
     return "Loss: " + ", ".join(METHODS) + (f" (default {default})." if default else ".")
 
@@ -42,7 +42,7 @@ def _stacked(opts: list, f):
 
 
 def teacher_methods(needs: bool) -> list[str]:
-    from tfkd_cli.losses import METHODS
+    from tfkd_cli.methods import METHODS
 
     return [n for n, m in METHODS.items() if m.needs_teacher == needs]
 
@@ -59,6 +59,8 @@ def training_options(student_alias: bool = False, method_default: Optional[str] 
                      "`uniform`: the uniform-teacher control (kd, kd_self, tfkd_reg)."),
         click.option("--teacher-epoch", type=int, default=None, help="Use the teacher's kept checkpoint after this many epochs (De-KD)."),
         click.option("--teacher-model", default=None, help="Teacher architecture, needed for official .pth.tar checkpoints."),
+        click.option("--teacher-other-dataset", is_flag=True, default=None,
+                     help="Accept a teacher trained on another dataset than this run's (refused otherwise)."),
         click.option("--dataset", default=None, cls=RegistryHelp, help_fn=_datasets_help),
         click.option("--data-root", default=None, help="Data folder (default: $TFKD_DATA_ROOT or ./data)."),
         click.option("--download", is_flag=True, default=None, help="Download the dataset if missing (needs a network)."),
@@ -91,7 +93,7 @@ def flag_overrides(kw: dict) -> dict:
     """Shortcut flags -> a nested recipe dict (only the flags given)."""
     mapping = {
         "model": "model", "method": "method", "teacher": "teacher.path", "teacher_epoch": "teacher.epoch",
-        "teacher_model": "teacher.model", "dataset": "data.dataset", "data_root": "data.root",
+        "teacher_model": "teacher.model", "teacher_other_dataset": "teacher.other_dataset", "dataset": "data.dataset", "data_root": "data.root",
         "download": "data.download", "per_class": "data.per_class", "val_per_class": "data.val_per_class",
         "epochs": "train.epochs",
         "batch_size": "train.batch_size", "lr": "optim.lr", "width": "width", "seed": "seed",

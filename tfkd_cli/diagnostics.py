@@ -35,7 +35,7 @@ float32 or wider, with no autograd: call it under `torch.no_grad()` on each trai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,9 +77,8 @@ def ce_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, label_weight: 
     return label_weight * _ce_grad(F.softmax(z, dim=1), y), None
 
 
-def kd_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float = 0.9,
-             temperature: float = 20.0, multiplier: float = 1.0, semantics: str = "official",
-             uniform_teacher: bool = False, **_: object) -> Grads:
+def kd_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
+             multiplier: float, semantics: str, uniform_teacher: bool = False, **_: object) -> Grads:
     """kd / kd_self: label = (1-a)(p - q)/N, teacher = a T m (s_T(z) - s_T(t)) / (N R)."""
     T = temperature
     if uniform_teacher:
@@ -93,9 +92,9 @@ def kd_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float =
     return (1.0 - alpha) * _ce_grad(F.softmax(z, dim=1), y), teacher
 
 
-def tfkd_reg_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float = 0.1,
-                   temperature: float = 20.0, multiplier: float = 1.0, correct_prob: float = 0.99,
-                   semantics: str = "official", uniform_teacher: bool = False, **_: object) -> Grads:
+def tfkd_reg_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
+                   multiplier: float, correct_prob: float, semantics: str, uniform_teacher: bool = False,
+                   **_: object) -> Grads:
     """tfkd_reg: teacher = a m (s_1(z) - target)/(N K) official, a m (s_T(z) - target)/(N T) paper."""
     n, k = z.shape
     T = temperature
@@ -110,8 +109,8 @@ def tfkd_reg_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: f
     return (1.0 - alpha) * _ce_grad(F.softmax(z, dim=1), y), (alpha * multiplier * scale) * (student - target)
 
 
-def lsr_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: float = 0.1,
-              semantics: str = "official", **_: object) -> Grads:
+def lsr_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: float, semantics: str,
+              **_: object) -> Grads:
     """lsr: label = (1-eps)(p - q)/N, teacher = eps (p - u)/N with u the smoothing distribution."""
     n, k = z.shape
     p = F.softmax(z, dim=1)
@@ -123,20 +122,25 @@ def lsr_grads(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: floa
     return (1.0 - epsilon) * _ce_grad(p, y), (epsilon / n) * (p - u)
 
 
-GRADS: dict[str, Callable[..., Grads]] = {
-    "ce": ce_grads,
-    "kd": kd_grads,
-    "kd_self": kd_grads,
-    "tfkd_reg": tfkd_reg_grads,
-    "lsr": lsr_grads,
-}
-
-
 def term_grads(method: str, z: Tensor, y: Tensor, t: Optional[Tensor] = None, **params: object) -> Grads:
-    """The two gradient matrices dL_label/dz and dL_teacher/dz (None for ce) of one batch."""
-    if method not in GRADS:
-        raise TfkdError(f"no diagnostics for method {method!r}; choose from: {', '.join(GRADS)}")
-    return GRADS[method](_wide(z), y, t, **params)
+    """The two gradient matrices dL_label/dz and dL_teacher/dz (None for ce) of one batch.
+
+    The closed form is the method's record in `tfkd_cli.methods.METHODS` (its `grads`, beside its
+    loss); unset parameters take the record's defaults, exactly as `build_loss` does."""
+    from tfkd_cli.methods import get_method, method_params  # methods imports this module
+
+    try:
+        m = get_method(method)
+    except TfkdError:
+        raise TfkdError(f"no diagnostics for method {method!r}; choose from: {', '.join(_methods())}") from None
+    extra = {"uniform_teacher": True} if params.get("uniform_teacher") else {}
+    return m.grads(_wide(z), y, t, **method_params(method, params), **extra)
+
+
+def _methods() -> list[str]:
+    from tfkd_cli.methods import METHODS
+
+    return list(METHODS)
 
 
 def _norm(g: Optional[Tensor], like: Tensor) -> Tensor:
@@ -153,6 +157,15 @@ def term_norms(method: str, z: Tensor, y: Tensor, t: Optional[Tensor] = None, **
     with torch.no_grad():
         label, teacher = term_grads(method, z, y, t, **params)
         return torch.stack([_norm(label, label), _norm(teacher, label)])
+
+
+def teacher_share(method: str, z: Tensor, y: Tensor, t: Optional[Tensor] = None, **params: object) -> Optional[float]:
+    """teacher_share of one batch: g_teacher / (g_label + g_teacher) of method `method` with
+    `params` (those of `build_loss` / the `tfkd_cli.losses` modules); None when undefined.
+    0.0 for ce (no teacher term). This syncs with the device: for per-step logging, sum
+    `term_norms` instead (as `EpochDiagnostics` does)."""
+    g_label, g_teacher = term_norms(method, z, y, t, **params).tolist()
+    return share(g_label, g_teacher)
 
 
 COLUMNS = ("grad_label", "grad_teacher", "teacher_share")  # metrics.csv, summary.json "diagnostics"

@@ -148,6 +148,8 @@ def _prepare_dir(recipe: Recipe, run: Run, state: State, out: Path, overwrite: b
         "channels_last": run.channels_last, "deterministic": rt.deterministic, "teacher": run.teacher_info,
         **rundir.provenance(device),
     }
+    if data.info.build is not None:  # a folder set: the size and statistics it was read with (imagefolder)
+        base_summary["normalization"] = {"image_size": data.image_size, "mean": list(data.mean), "std": list(data.std)}
     rundir.write_summary(out, {**base_summary, **state.summary()})
     return base_summary
 

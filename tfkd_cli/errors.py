@@ -14,6 +14,11 @@ class TfkdError(Exception):
     """An error caused by user input (recipe, path, checkpoint, data); message is one line."""
 
 
+class ConfigError(TfkdError, ValueError):
+    """A bad parameter or recipe value. Also a ValueError, so code using tfkd as a library
+    (`tfkd_cli.losses`) catches it as one; its message is the line the CLI prints."""
+
+
 class RunFailed(TfkdError):
     """A run stopped on a numerical fault (NaN/inf loss); the last good checkpoint is kept."""
 

@@ -17,6 +17,8 @@ from typing import Optional
 from torch import nn
 
 from tfkd_cli import checkpoint as ckpt_io
+import yaml
+
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import build_model, canonical_name
@@ -31,6 +33,7 @@ class Loaded:
     file: Path
     source: str  # "tfkd-run", "tfkd-checkpoint" or "official"
     epoch: Optional[int]  # epochs of training behind the weights, when known
+    dataset: Optional[str] = None  # the dataset it was trained on, when recorded (not in official files)
 
     def provenance(self) -> dict:
         return {"source": self.source, "file": str(self.file), "sha256": ckpt_io.sha256(self.file),
@@ -77,17 +80,28 @@ def load_model(path: Path, *, model: Optional[str] = None, width: Optional[float
             raise TfkdError(f"{f} is a {k}-class {name}; the dataset has {num_classes} classes")
         source = "tfkd-run" if (f.parent / rundir.RECIPE).is_file() else "tfkd-checkpoint"
         trained = ck.get("epoch")
+        dataset = arch.get("dataset") or _run_dataset(f.parent)
     else:
         if model is None:
             raise TfkdError(f"{f} is an official-format checkpoint: name its architecture "
                             "(--model / --teacher-model / teacher.model)")
         name, w = canonical_name(model), float(width or 1.0)
         k = num_classes if num_classes is not None else _classes_from(sd)
-        source = "official"
+        source, dataset = "official", None
         trained = ck.get("epoch") if isinstance(ck.get("epoch"), int) else None
     net = build_model(name, num_classes=k, width=w)
     ckpt_io.load_weights(net, sd, f, f"model {name} (width {w}, {k} classes)")
-    return Loaded(net, name, w, k, f, source, trained)
+    return Loaded(net, name, w, k, f, source, trained, dataset)
+
+
+def _run_dataset(run: Path) -> Optional[str]:
+    """data.dataset of the run a checkpoint sits in (runs written before arch recorded it)."""
+    try:
+        data = yaml.safe_load((run / rundir.RECIPE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    value = (data or {}).get("data", {}).get("dataset") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _classes_from(sd: dict) -> int:

@@ -11,8 +11,14 @@ Two semantics, chosen per loss with `semantics=`:
 * ``paper`` follows the paper's equations: batch-mean KL (divide by N), a tempered
   student in Tf-KD_reg, and LSR with eps*u(k) = eps/K.
 
-`METHODS` is the method registry (loss, teacher or not, the parameters read and their
-defaults); `build_loss(name, **params)` returns ``loss(student_logits, labels, teacher_logits=None)``.
+This module is tfkd's public loss API (`__all__`): the five losses as pure functions
+(``ce``, ``kd``, ``kd_self``, ``tfkd_reg``, ``lsr``) and as ``nn.Module``s (``CE``, ``KD``,
+``KDSelf``, ``TfKDReg``, ``LSR``), which check their parameters when built (a bad one raises
+`tfkd_cli.errors.ConfigError`, a ValueError, with the line the CLI prints). The modules have no
+defaults but those of the official code: ``semantics='official'``, Tf-KD_reg's
+``correct_prob=0.99`` (hard-coded in `loss_kd_regularization`), KD's ``multiplier=1`` (`loss_kd`
+has none). The method registry the recipe and the CLI read (`METHODS`, `build_loss`) lives in
+`tfkd_cli.methods`; the names are still importable from here.
 
 Two controls (issue #17) separate the teacher from the loss scaling: ``uniform_teacher=True``
 (kd, kd_self, tfkd_reg; recipe ``teacher: {uniform: true}``) replaces the teacher's
@@ -23,16 +29,18 @@ Everything is vectorised: no per-sample Python loop (the official Tf-KD_reg has 
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from tfkd_cli.errors import TfkdError
+from tfkd_cli.errors import ConfigError
+
+__all__ = ["ce", "kd", "kd_self", "tfkd_reg", "lsr", "CE", "KD", "KDSelf", "TfKDReg", "LSR",
+           "virtual_teacher", "uniform", "PARAMS", "SEMANTICS", "check_param"]
 
 SEMANTICS = ("official", "paper")
 
@@ -76,7 +84,7 @@ def kd(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temper
     if uniform_teacher:
         soft = uniform(_f32(z))
     elif t is None:
-        raise TfkdError("method kd needs teacher logits (set --teacher)")
+        raise ConfigError("method kd needs teacher logits (set --teacher)")
     else:
         soft = F.softmax(_f32(t.detach()) / T, dim=1)
     kl = _kl(soft, F.log_softmax(_f32(z) / T, dim=1), semantics)
@@ -145,24 +153,6 @@ class Param:
     doc: str
 
 
-@dataclass(frozen=True)
-class Method:
-    """One training method: its loss, whether it needs a teacher, and the parameters it reads.
-
-    `defaults` is the only place a method's parameter defaults live; the recipe (LossCfg),
-    the run identity, the CLI and the cost model all read this record.
-    """
-
-    loss: Callable[..., Tensor]
-    needs_teacher: bool
-    defaults: dict[str, Any]  # parameter -> default; the loss reads exactly these
-    doc: str
-    uniform_ok: bool = False  # has a teacher distribution that the uniform-teacher control replaces
-    # Parameters read only when set: their default reproduces the method without them, so a
-    # run leaves them out (identity, hash) unless it sets another value (ce's label_weight).
-    optional: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
 PARAMS: dict[str, Param] = {
     "alpha": Param(float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]", "weight of the soft term; (1 - alpha) on CE"),
     "temperature": Param(float, lambda v: v > 0, "> 0", "softmax temperature T"),
@@ -176,59 +166,131 @@ PARAMS: dict[str, Param] = {
 }
 
 
-_KD = {"alpha": 0.9, "temperature": 20.0, "multiplier": 1.0, "semantics": "official"}
-METHODS: dict[str, Method] = {
-    "ce": Method(ce, False, {}, "cross-entropy (a baseline or a teacher); x label_weight",
-                 optional={"label_weight": 1.0}),
-    "kd": Method(kd, True, dict(_KD), "knowledge distillation from a teacher (normal KD, Re-KD, De-KD)", True),
-    "kd_self": Method(kd_self, True, dict(_KD), "Tf-KD_self: KD from a pre-trained copy of the model", True),
-    # alpha 0.9 like every other method: the value every tfkd_reg run without an explicit alpha has used
-    "tfkd_reg": Method(tfkd_reg, False, {**_KD, "correct_prob": 0.99}, "Tf-KD_reg: KD from a virtual teacher", True),
-    "lsr": Method(lsr, False, {"epsilon": 0.1, "semantics": "official"}, "label smoothing regularization"),
-}
-LOSSES: dict[str, Callable[..., Tensor]] = {name: m.loss for name, m in METHODS.items()}
-NEEDS_TEACHER = {name for name, m in METHODS.items() if m.needs_teacher}  # derived, for the engine
 
 
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise TfkdError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
-    return METHODS[name]
+def check_param(name: str, value: Any) -> None:
+    """A loss parameter's value, checked: ConfigError "loss.<name> must be <allowed> (got v)",
+    the line the CLI prints after the recipe's name."""
+    if name not in PARAMS:
+        raise ConfigError(f"unknown loss parameter {name}; allowed: {', '.join(PARAMS)}")
+    p = PARAMS[name]
+    if p.kind is not float:  # a Literal of strings: the recipe's own type check and line
+        if value not in typing.get_args(p.kind):
+            choices = " | ".join(repr(a) for a in typing.get_args(p.kind))
+            raise ConfigError(f"loss.{name}: {value!r} is not allowed; choose from {choices}")
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if p.kind is float and number:
+        value = float(value)  # as the recipe holds it, so the line is the CLI's
+    if (p.kind is float and not number) or not p.ok(value):
+        raise ConfigError(f"loss.{name} must be {p.allowed} (got {value})")
 
 
-def method_params(name: str, given: dict) -> dict:
-    """The parameters method `name` reads: its defaults, overridden by the non-None values in
-    `given`, and its optional parameters that `given` sets away from their default."""
-    m = get_method(name)
-    out = {k: given[k] if given.get(k) is not None else d for k, d in m.defaults.items()}
-    return {**out, **{k: given[k] for k, d in m.optional.items() if given.get(k) not in (None, d)}}
+class _Loss(nn.Module):
+    """A loss function with its parameters bound, checked once when built.
 
-
-def uniform_methods() -> list[str]:
-    return [n for n, m in METHODS.items() if m.uniform_ok]
-
-
-def check_uniform(name: str, uniform_teacher: bool) -> None:
-    """The uniform-teacher control exists only for methods with a teacher distribution."""
-    if uniform_teacher and not get_method(name).uniform_ok:
-        raise TfkdError(f"a uniform teacher (--teacher uniform, teacher.uniform) is a control of "
-                        f"{', '.join(uniform_methods())}; method {name} has no teacher to replace")
-
-
-def build_loss(name: str, uniform_teacher: bool = False, **params: object) -> Callable[..., Tensor]:
-    """`loss(student_logits, labels, teacher_logits=None)` for a method name and its params.
-
-    Parameters the method does not read (and None values) are ignored; unset ones take the
-    method's default. `uniform_teacher`: the uniform-teacher control (kd, kd_self, tfkd_reg).
+    forward(student_logits, labels, teacher_logits=None) -> 0-d loss tensor, exactly the
+    function's (and the CLI's) value. `teacher_share(...)`: the diagnostics of one batch.
     """
-    m = get_method(name)
-    check_uniform(name, uniform_teacher)
-    unknown = set(params) - set(PARAMS)
-    if unknown:
-        raise TfkdError(f"unknown loss parameter(s) {', '.join(sorted(unknown))}; allowed: {', '.join(PARAMS)}")
-    if params.get("semantics") not in (None, *SEMANTICS):
-        raise TfkdError(f"semantics must be one of {', '.join(SEMANTICS)}, got {params['semantics']!r}")
-    extra = {"uniform_teacher": True} if uniform_teacher else {}
-    fn = functools.partial(m.loss, **method_params(name, params), **extra)
-    functools.update_wrapper(fn, m.loss)
-    return fn
+
+    method: str  # the name in tfkd_cli.methods.METHODS
+    fn: Callable[..., Tensor]
+
+    def __init__(self, **params: Any):
+        super().__init__()
+        for name, value in params.items():
+            if name != "uniform_teacher":
+                check_param(name, value)
+        # ints as floats, as the recipe stores them; uniform_teacher only when on (as build_loss)
+        self.params = {k: float(v) if type(v) is int else v for k, v in params.items()
+                       if k != "uniform_teacher" or v}
+
+    def forward(self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None) -> Tensor:
+        return type(self).fn(student_logits, labels, teacher_logits, **self.params)
+
+    def teacher_share(self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None
+                      ) -> Optional[float]:
+        """g_teacher / (g_label + g_teacher) of this batch (`tfkd_cli.diagnostics`); None if undefined."""
+        from tfkd_cli.diagnostics import teacher_share  # diagnostics imports this module
+
+        return teacher_share(self.method, student_logits, labels, teacher_logits, **self.params)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+
+
+class CE(_Loss):
+    """L = w * CE (w = label_weight, 1: plain cross-entropy). w = 1 - alpha is the control of a
+    row with that alpha: its label term and nothing else."""
+
+    method, fn = "ce", staticmethod(ce)
+
+    def __init__(self, *, label_weight: float = 1.0):
+        super().__init__(**({} if label_weight == 1.0 else {"label_weight": label_weight}))
+
+
+class KD(_Loss):
+    """Normal KD (official `loss_kd`): L = (1 - a) CE + a T^2 m KL(s_T(t) || s_T(z)) / R.
+
+    R = N*K with semantics='official' (`nn.KLDivLoss()`'s 'mean'), N with 'paper'. The official
+    `loss_kd` has no multiplier (m = 1). uniform_teacher=True: s_T(t) -> 1/K (the control; no
+    teacher logits needed). forward(z, y, teacher_logits)."""
+
+    method, fn = "kd", staticmethod(kd)
+
+    def __init__(self, *, alpha: float, temperature: float, multiplier: float = 1.0,
+                 semantics: str = "official", uniform_teacher: bool = False):
+        super().__init__(alpha=alpha, temperature=temperature, multiplier=multiplier, semantics=semantics,
+                         uniform_teacher=uniform_teacher)
+
+
+class KDSelf(KD):
+    """Tf-KD_self (official `loss_kd_self`): KD's formula with the teacher a pre-trained copy of
+    the student; the official recipes always set a multiplier (e.g. ResNet18: a 0.95, T 6, m 50)."""
+
+    method, fn = "kd_self", staticmethod(kd_self)
+
+    def __init__(self, *, alpha: float, temperature: float, multiplier: float, semantics: str = "official",
+                 uniform_teacher: bool = False):
+        super().__init__(alpha=alpha, temperature=temperature, multiplier=multiplier, semantics=semantics,
+                         uniform_teacher=uniform_teacher)
+
+
+class TfKDReg(_Loss):
+    """Tf-KD_reg (official `loss_kd_regularization`), the virtual teacher p^d (correct_prob on y).
+
+    target = softmax(p^d / T); official: L = (1 - a) CE + a m KL(target || softmax(z)) / (N K)
+    (untempered student, no T^2); paper (Eq. 9): ... + a m KL(target || softmax(z / T)) / N.
+    Official ResNet18 on CIFAR-100: alpha=0.1, temperature=20, multiplier=100.
+    uniform_teacher=True: target -> 1/K. forward(z, y) (no teacher logits)."""
+
+    method, fn = "tfkd_reg", staticmethod(tfkd_reg)
+
+    def __init__(self, *, alpha: float, temperature: float, multiplier: float, correct_prob: float = 0.99,
+                 semantics: str = "official", uniform_teacher: bool = False):
+        super().__init__(alpha=alpha, temperature=temperature, multiplier=multiplier, correct_prob=correct_prob,
+                         semantics=semantics, uniform_teacher=uniform_teacher)
+
+
+class LSR(_Loss):
+    """Label smoothing (official `loss_label_smoothing`): L = mean_i -sum_k target_ik log softmax(z_i)_k,
+    target (1 - eps) on y and eps/(K-1) elsewhere (official) or (1 - eps) q + eps/K (paper, Eq. 1)."""
+
+    method, fn = "lsr", staticmethod(lsr)
+
+    def __init__(self, *, epsilon: float, semantics: str = "official"):
+        super().__init__(epsilon=epsilon, semantics=semantics)
+
+
+# The method registry moved to tfkd_cli.methods (it holds each method's loss AND its gradient
+# diagnostics, and diagnostics imports this module); its names stay importable from here.
+_MOVED = ("Method", "METHODS", "LOSSES", "NEEDS_TEACHER", "get_method", "method_params", "uniform_methods",
+          "check_uniform", "build_loss")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from tfkd_cli import methods
+
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

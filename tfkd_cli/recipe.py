@@ -18,15 +18,17 @@ import hashlib
 import json
 import os
 import typing
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 
-from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import METHODS, PARAMS, method_params
-from tfkd_cli.recipe_check import build, check_values
+from tfkd_cli.errors import ConfigError, TfkdError
+from tfkd_cli.losses import PARAMS
+from tfkd_cli.methods import METHODS, method_params
+from tfkd_cli.recipe_check import build, check_layer, check_values
 
 # Version of the run identity. 1 (before tfkd 0.x, commit 35f0c10): every loss parameter,
 # read or not. 2: only the parameters the run's method reads. Runs written under 1 are still
@@ -46,6 +48,9 @@ class TeacherCfg:
     epoch: Optional[int] = None  # a kept epoch checkpoint of the teacher run (De-KD), else its best
     width: Optional[float] = None  # width of an official checkpoint's model (default 1.0)
     uniform: bool = False  # control: the uniform distribution instead of a teacher (kd, kd_self, tfkd_reg)
+    # accept a teacher whose recorded dataset is not this run's (--teacher-other-dataset); a
+    # permission, not part of the run's identity
+    other_dataset: bool = False
 
 
 def _loss_cfg() -> type:
@@ -78,7 +83,15 @@ class DataCfg:
     subset_seed: int = 0  # seeds the subset and the validation split (never the run seed)
     val_per_class: int = 0  # images per class held out of training for model selection (0: none, official)
     augment: bool = True
-    workers: int = 4  # folder datasets only
+    workers: int = 4  # DataLoader workers of streamed folder datasets, at most the cores this process may use
+    # dataset folder (tfkd_cli.data.imagefolder): resize on read to N x N (null: the images' one size)
+    image_size: Optional[int] = None
+    mean: Optional[list[float]] = None  # per-channel normalisation (null: the training images', computed once)
+    std: Optional[list[float]] = None
+    memory_mb: int = 2048  # a folder set is held in memory when its pixels fit in this many MiB, else streamed
+
+
+_FOLDER_DEFAULTS = {"image_size": None, "mean": None, "std": None, "memory_mb": 2048}
 
 
 @dataclass
@@ -159,10 +172,14 @@ class Recipe:
         d = self.to_dict()
         d.pop("runtime")
         d.pop("name")
+        d["teacher"].pop("other_dataset")
         for k in ("root", "download", "workers"):
             d["data"].pop(k)
         if not d["data"]["val_per_class"]:  # no split: the identity (and hash) of runs made before the field
             d["data"].pop("val_per_class")
+        for k, default in _FOLDER_DEFAULTS.items():  # likewise the folder-dataset fields, at their defaults
+            if d["data"][k] == default:
+                d["data"].pop(k)
         d["loss"] = {k: d["loss"][k] for k in _V1_LOSS}  # the loss fields there were then
         return d
 
@@ -287,7 +304,7 @@ def from_dict(data: dict, source: str = "recipe") -> Recipe:
     try:
         r = build(Recipe, data, "")
     except TfkdError as e:
-        raise TfkdError(f"{source}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
     check_values(r, source)
     for k, v in r.loss_params().items():  # a parameter the methods' defaults disagree on
         setattr(r.loss, k, v)
@@ -308,9 +325,16 @@ def resolve(file: Optional[str | Path] = None, sets: typing.Iterable[str] = (),
 
 
 def recipes_dir() -> Path:
-    """The recipes/ folder of this checkout ($TFKD_RECIPES overrides)."""
+    """The recipes folder: $TFKD_RECIPES, else the installed package's data folder
+    `tfkd_cli/recipes` (the wheel maps the repository's top-level recipes/ there, see
+    pyproject.toml), else, in a source checkout, the top-level recipes/ beside the package."""
     env = os.environ.get("TFKD_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    if env:
+        return Path(env)
+    packaged = Path(str(resources.files("tfkd_cli") / "recipes"))  # a wheel installs plain files
+    if packaged.is_dir():
+        return packaged
+    return Path(str(resources.files("tfkd_cli"))).parent / "recipes"
 
 
 def pick(layers: list[dict], *keys: str) -> Any:
@@ -341,6 +365,8 @@ def resolve_run(file: Optional[str | Path] = None, sets: typing.Iterable[str] = 
     if file:
         layers.append(load_layers(Path(file)))
     layers += [parse_set(sets), overrides or {}]
+    for layer, src in zip(layers[1:], [str(file)] * bool(file) + ["--set", "flags"]):
+        check_layer(Recipe, layer, src)  # every layer, not only what survives the merge
     data = dataset_profile(pick(layers, "data", "dataset") or DataCfg.dataset)
     for layer in layers:
         data = merge(data, layer)

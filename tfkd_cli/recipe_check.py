@@ -9,8 +9,9 @@ import types
 import typing
 from typing import Any, Callable, Literal
 
-from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import METHODS, PARAMS, check_uniform
+from tfkd_cli.errors import ConfigError, TfkdError
+from tfkd_cli.losses import PARAMS, check_param
+from tfkd_cli.methods import METHODS, check_uniform
 
 
 def type_name(tp: Any) -> str:
@@ -104,6 +105,10 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.per_class", lambda v: v is None or v > 0, "> 0 or null"),
     ("data.val_per_class", lambda v: v >= 0, ">= 0"),
     ("teacher.epoch", lambda v: v is None or v > 0, ">= 1"),
+    ("data.image_size", lambda v: v is None or v > 0, "> 0 or null"),
+    ("data.mean", lambda v: v is None or len(v) == 3, "3 per-channel values or null"),
+    ("data.std", lambda v: v is None or (len(v) == 3 and min(v) > 0), "3 positive per-channel values or null"),
+    ("data.memory_mb", lambda v: v >= 0, ">= 0"),
 )
 
 
@@ -111,7 +116,7 @@ def check_values(r: Any, src: str) -> None:
     """Value checks a type cannot express on a built Recipe; each names the key and what is allowed."""
 
     def bad(key: str, what: str) -> None:
-        raise TfkdError(f"{src}: {key} must be {what}")
+        raise ConfigError(f"{src}: {key} must be {what}")
 
     from tfkd_cli.models import canonical_name
 
@@ -128,12 +133,17 @@ def check_values(r: Any, src: str) -> None:
     for key, ok, allowed in _RANGES:
         if not ok(_get(r, key)):
             bad(key, f"{allowed} (got {_get(r, key)})")
-    for name, p in PARAMS.items():
+    for name in PARAMS:  # the check (and line) the tfkd_cli.losses modules raise too
         value = getattr(r.loss, name)
-        if value is not None and not p.ok(value):
-            bad(f"loss.{name}", f"{p.allowed} (got {value})")
+        if value is not None:
+            try:
+                check_param(name, value)
+            except ConfigError as e:
+                raise ConfigError(f"{src}: {e}") from None
     if any(not 1 <= e <= r.train.epochs for e in r.train.keep_epochs):
         bad("train.keep_epochs", f"epochs in 1..{r.train.epochs} (got {r.train.keep_epochs})")
+    if (r.data.mean is None) != (r.data.std is None):
+        bad("data.mean", f"given with data.std (both, or neither: the training images' own; got mean {r.data.mean}, std {r.data.std})")
     _check_teacher(r, src, bad)
     if r.runtime.wandb is not None and not r.runtime.wandb.strip():
         bad("runtime.wandb", "a W&B project name, or null for no W&B (got an empty name)")
@@ -151,3 +161,30 @@ def _check_teacher(r: Any, src: str, bad: Callable[[str, str], None]) -> None:
         bad("loss.label_weight", f"unset for method {r.method}, which does not read it (only ce does)")
     if METHODS[r.method].needs_teacher and not r.teacher.path and not r.teacher.uniform:
         bad("teacher.path", f"set for method {r.method} (a run directory or a checkpoint; --teacher; or teacher.uniform)")
+
+
+def _has(data: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return data is not None
+
+
+def check_layer(cls: type, data: dict, src: str) -> None:
+    """One layer of a recipe (a file, the --set overrides, the flags) on its own: its keys, their
+    types and the ranges of the values it sets, so that a bad value is refused even when a
+    later layer overrides it."""
+    try:
+        r = build(cls, data, "")
+    except TfkdError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    for key, ok, allowed in _RANGES:
+        if _has(data, key) and not ok(_get(r, key)):
+            raise ConfigError(f"{src}: {key} must be {allowed} (got {_get(r, key)})")
+    for name in PARAMS:
+        if _has(data, f"loss.{name}"):
+            try:
+                check_param(name, getattr(r.loss, name))
+            except ConfigError as e:
+                raise ConfigError(f"{src}: {e}") from None

@@ -35,13 +35,18 @@ class DataSpec:
     world_size: int = 1
     channels_last: bool = False
     val_per_class: int = 0  # training images per class held out as data.val (data.split)
+    image_size: int | None = None  # folder datasets: resize on read to N x N (None: the images' one size)
+    mean: tuple[float, ...] | None = None  # folder datasets: normalisation (None: the training images')
+    std: tuple[float, ...] | None = None
+    memory_mb: int = 2048  # folder datasets: held in memory up to this many MiB of pixels, else streamed
 
     @classmethod
     def of(cls, data_cfg: Any, **serving: Any) -> "DataSpec":
         """From a recipe's `data` section (DataCfg) plus device, batch sizes, rank, world_size, channels_last."""
         return cls(name=data_cfg.dataset, root=data_cfg.root, download=data_cfg.download,
                    per_class=data_cfg.per_class, subset_seed=data_cfg.subset_seed, augment=data_cfg.augment,
-                   workers=data_cfg.workers, val_per_class=data_cfg.val_per_class, **serving)
+                   workers=data_cfg.workers, val_per_class=data_cfg.val_per_class, image_size=data_cfg.image_size,
+                   mean=data_cfg.mean, std=data_cfg.std, memory_mb=data_cfg.memory_mb, **serving)
 
 
 def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: Any) -> Data:
@@ -71,15 +76,16 @@ def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: A
     root_path = Path(spec.root) if spec.root is not None else (default_root() if info.needs_root else None)
     per_class, subset_seed = spec.per_class, spec.subset_seed
 
-    test = info.reader(root_path, "test", spec.download)
-    missing_train = None
-    try:
-        train = info.reader(root_path, "train", False)
-    except MissingSplit as e:
-        train, missing_train = None, str(e)
+    missing_train = test = train = None
+    if info.build is None:
+        test = info.reader(root_path, "test", spec.download)
+        try:
+            train = info.reader(root_path, "train", False)
+        except MissingSplit as e:
+            missing_train = str(e)
 
     val_per_class = spec.val_per_class
-    if val_per_class and train is None:
+    if val_per_class and missing_train is not None:
         raise TfkdError(f"data.val_per_class={val_per_class} needs a training split to hold images out of: {missing_train}")
 
     where, val = info.title + (f" under {root_path}" if root_path is not None else ""), None
@@ -87,6 +93,8 @@ def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: A
                   rank=spec.rank, world_size=spec.world_size, device=dev, channels_last=spec.channels_last,
                   augment=spec.augment)
     val_common = {**common, "missing_train": "this is the validation split"}
+    if info.build is not None:
+        return info.build(spec, info, common, val_common)
     if info.in_memory:
         x_te, y_te, classes = test
         if train is not None:

@@ -4,6 +4,7 @@ DataLoader workers (the determinism contract is in `loaders`)."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterator
 
 import torch
@@ -90,10 +91,12 @@ class FolderData(Data):
         self._init_common(info, classes, 0 if train is None else len(train.samples), len(test.samples),
                           batch_size=batch_size, eval_batch_size=eval_batch_size, rank=rank, world_size=world_size,
                           device=device, channels_last=channels_last, augment=augment, missing_train=missing_train)
-        self.workers = workers
+        # no more workers than the cores this process may use (more only adds DataLoader's
+        # warning and contention); transforms are seeded per sample, so this changes no number
+        self.workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self._pin = device.type == "cuda"
-        test_tf = official_test_transform(info.name)
-        train_tf = official_train_transform(info.name) if augment else test_tf
+        test_tf = official_test_transform(info)
+        train_tf = official_train_transform(info) if augment else test_tf
         self._test_ds = _FolderDataset(test.samples, test_tf)
         self._train_ds = self._train_eval_ds = None
         self._train_loader: DataLoader | None = None

@@ -30,18 +30,24 @@ def _steps(info, steps: tuple[tuple, ...]) -> list:
     return [build[name](*args) for name, *args in steps]
 
 
+def _info(name_or_info):
+    """A registry record, by name or as given (a folder dataset's record is built per run)."""
+    return get_info(name_or_info) if isinstance(name_or_info, str) else name_or_info
+
+
 def official_train_transform(name: str) -> T.Compose:
     """The dataset's official train transform, then ToTensor, Normalize. CIFAR-style:
     RandomCrop(32, padding=4), RandomHorizontalFlip(), RandomRotation(15); tiny-imagenet:
     RandomRotation(20), RandomHorizontalFlip(0.5) (no crop); imagenet: RandomResizedCrop(224),
-    RandomHorizontalFlip() (the registry, `registry.DATASETS`, holds the steps)."""
-    info = get_info(name)
+    RandomHorizontalFlip() (the registry, `registry.DATASETS`, holds the steps). `name` may be a
+    DatasetInfo record itself."""
+    info = _info(name)
     return T.Compose([*_steps(info, info.train_transform), T.ToTensor(), T.Normalize(info.mean, info.std)])
 
 
 def official_test_transform(name: str) -> T.Compose:
-    """ToTensor + Normalize (imagenet: Resize(256), CenterCrop(224) first)."""
-    info = get_info(name)
+    """ToTensor + Normalize (imagenet: Resize(256), CenterCrop(224) first); `name` may be a record."""
+    info = _info(name)
     return T.Compose([*_steps(info, info.test_transform), T.ToTensor(), T.Normalize(info.mean, info.std)])
 
 

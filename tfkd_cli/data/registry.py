@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
+from tfkd_cli.data.imagefolder import build_folder, read_folder
 from tfkd_cli.data.readers import (
     CIFAR100_MEAN, CIFAR100_STD, DIGITS_MEAN, DIGITS_STD, DIGITS_TEST, DIGITS_TRAIN, IMAGENET_MEAN,
     IMAGENET_STD, SPLITS, TINY_MEAN, TINY_STD, FolderSplit, _err, _read_cifar10, _read_cifar100,
@@ -43,6 +44,9 @@ class DatasetInfo:
     test_transform: tuple[tuple, ...] = ()  # ("resize", size) | ("center_crop", size)
     in_memory: bool = True
     needs_root: bool = True
+    # A dataset that builds its own Data (spec, info, common, val_common) -> Data, e.g. one whose
+    # classes, size and statistics come from the files (`imagefolder`); None: build_data's path.
+    build: Callable[..., Any] | None = None
 
     def _step(self, name: str) -> tuple | None:
         return next((s for s in self.train_transform if s[0] == name), None)
@@ -87,6 +91,11 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, num_train=1_281_167, num_test=50_000,
                 train_transform=(("resized_crop", 224), ("flip",)),
                 test_transform=(("resize", 256), ("center_crop", 224)), in_memory=False),
+    # classes, size and mean/std come from the folder (imagefolder.folder_info); the sizes here
+    # are a CIFAR-sized stand-in for cost estimates only
+    DatasetInfo(name="folder", title="image folder", reader=read_folder, num_classes=None, image_size=32,
+                mean=CIFAR100_MEAN, std=CIFAR100_STD, num_train=50_000, num_test=10_000,
+                train_transform=(("crop", 4), ("flip",), ("rotate", 15.0)), build=build_folder),
 )}
 
 
