@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import os
 import typing
 from importlib import resources
@@ -25,18 +23,12 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from tfkd_cli import identity
 from tfkd_cli.errors import ConfigError, TfkdError
 from tfkd_cli.losses import PARAMS
 from tfkd_cli.methods import METHODS, method_params
 from tfkd_cli.recipe_check import build, check_layer, check_values
 
-# Version of the run identity. 1 (before tfkd 0.x, commit 35f0c10): every loss parameter,
-# read or not. 2: only the parameters the run's method reads. Runs written under 1 are still
-# recognised through `legacy_hash` / `reproduce.plan`'s legacy key.
-IDENTITY_VERSION = 2
-# The loss parameters identity 1 held, with their values then; a run that sets any other
-# loss parameter away from its default cannot be a version-1 run.
-_V1_LOSS = ("alpha", "temperature", "multiplier", "correct_prob", "epsilon", "semantics")
 
 
 @dataclass
@@ -89,9 +81,6 @@ class DataCfg:
     mean: Optional[list[float]] = None  # per-channel normalisation (null: the training images', computed once)
     std: Optional[list[float]] = None
     memory_mb: int = 2048  # a folder set is held in memory when its pixels fit in this many MiB, else streamed
-
-
-_FOLDER_DEFAULTS = {"image_size": None, "mean": None, "std": None, "memory_mb": 2048}
 
 
 @dataclass
@@ -159,61 +148,26 @@ class Recipe:
         """The loss parameters this run's method reads, with their values (build_loss takes these)."""
         return method_params(self.method, dataclasses.asdict(self.loss))
 
+    # The run's identity and hashes live in tfkd_cli/identity.py; these are its short forms.
     def identity(self) -> dict:
-        """The recipe without what does not define the run: runtime, data location, name,
-        and loss parameters its method does not read."""
-        d = self.identity_v1()
-        d["loss"] = self.loss_params()
-        d["identity"] = IDENTITY_VERSION
-        return d
+        """The recipe without what does not define the run (identity.canonical)."""
+        return identity.canonical(self)
 
     def identity_v1(self) -> dict:
-        """The identity as tfkd wrote it before IDENTITY_VERSION 2 (every loss parameter)."""
-        d = self.to_dict()
-        d.pop("runtime")
-        d.pop("name")
-        d["teacher"].pop("other_dataset")
-        for k in ("root", "download", "workers"):
-            d["data"].pop(k)
-        if not d["data"]["val_per_class"]:  # no split: the identity (and hash) of runs made before the field
-            d["data"].pop("val_per_class")
-        for k, default in _FOLDER_DEFAULTS.items():  # likewise the folder-dataset fields, at their defaults
-            if d["data"][k] == default:
-                d["data"].pop(k)
-        d["loss"] = {k: d["loss"][k] for k in _V1_LOSS}  # the loss fields there were then
-        return d
+        """The identity as tfkd wrote it before identity version 2 (every loss parameter)."""
+        return identity.legacy(self) or {}
 
     def hash(self) -> str:
         """Hash of everything that changes the numbers (the identity without kept files)."""
-        return _hash(self.identity())
+        return identity.recipe_hash(self)
 
     def legacy_hash(self) -> Optional[str]:
         """The hash identity version 1 gave this run, or None if no version-1 run could be it."""
-        d, loss, defaults = self.identity_v1(), dataclasses.asdict(self.loss), LossCfg()
-        if self.teacher.uniform or any(v != getattr(defaults, k) for k, v in loss.items() if k not in _V1_LOSS):
-            return None
-        return _hash(d)
+        return identity.legacy_hash(self)
 
     def matches_hash(self, h: Optional[str]) -> bool:
         """Whether a hash recorded in a run (summary, checkpoint) is this recipe's, now or before."""
         return h is not None and h in (self.hash(), self.legacy_hash())
-
-
-def stable(identity: dict) -> dict:
-    """The identity as hashed: teacher.uniform (a control, added later) is left out when
-    false, so the runs made before it keep their hash."""
-    d = copy.deepcopy(identity)
-    if not d["teacher"].get("uniform"):
-        d["teacher"].pop("uniform", None)
-    return d
-
-
-def _hash(identity: dict) -> str:
-    d = stable(identity)
-    for k in ("checkpoint_every", "keep_epochs"):  # which files are written, not the numbers
-        d["train"].pop(k)
-    blob = json.dumps(d, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # -- loading -------------------------------------------------------------------------

@@ -13,7 +13,6 @@ the shared runs folder).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -21,13 +20,14 @@ from typing import Optional
 import torch
 
 from tfkd_cli import checkpoint as ckpt_io
+from tfkd_cli.identity import digest
 
 DIRNAME = ".teacher_logits"
 
 
 class TeacherCache:
     def __init__(self, root: Path, ident: dict):
-        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        key = digest(ident, 20)  # the teacher's weights and this run's batches, not a run identity
         self.dir = Path(root) / DIRNAME / key
         self.ident = ident
         self.hits = 0

@@ -4,7 +4,7 @@ Run directories are content-addressed: `<runs_dir>/<model>_<method>_s<seed>_<key
 the key hashes the run's resolved recipe with its teacher replaced by the teacher's own key.
 So a run shared by several rows (the ResNet18 teacher) or several tables is planned and
 trained once, and a finished run is recognised by its directory alone. A run directory
-written under identity version 1 (`tfkd_cli.recipe.IDENTITY_VERSION`) keeps its name: when
+written under identity version 1 (`tfkd_cli.identity`) keeps its name: when
 it exists and the new one does not, the plan uses it (finished or resumable).
 
 A run's recipe layers, lowest first: Recipe defaults < the profile of the table's dataset
@@ -16,8 +16,6 @@ of a dataset a scale or --set swaps in: a table on other data keeps the table's 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -25,7 +23,8 @@ from typing import Optional
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import canonical_name, is_torchvision
-from tfkd_cli.recipe import DataCfg, Recipe, dataset_profile, from_dict, merge, pick, stable
+from tfkd_cli import identity
+from tfkd_cli.recipe import DataCfg, Recipe, dataset_profile, from_dict, merge, pick
 from tfkd_cli.reproduce.spec import Scale, Table
 
 
@@ -146,17 +145,14 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
                     raise TfkdError(f"{table.file}: run {rid!r} uses epoch {full['teacher']['epoch']} of "
                                     f"{teacher_run!r}, which does not keep it (train.keep_epochs)")
             recipe = from_dict(full, f"{table.file} run {rid}")
-            key = _key(recipe.identity(), teacher_key)
-            legacy = None
-            if recipe.legacy_hash() is not None and (legacy_teacher_key or not teacher_run):
-                legacy = _key(recipe.identity_v1(), legacy_teacher_key)
+            key = identity.run_key(recipe, teacher_key)
+            legacy = identity.legacy_key(recipe, legacy_teacher_key) if legacy_teacher_key or not teacher_run else None
             release = None
             if teachers is not None and rid in table.releases:
                 release = Path(teachers) / table.releases[rid]
-            stem = f"{recipe.model.replace(':', '-')}_{recipe.method}_s{seed}_"
-            d = runs_dir / f"{stem}{key}"
-            if legacy and not d.exists() and (runs_dir / f"{stem}{legacy}").exists():
-                d = runs_dir / f"{stem}{legacy}"  # written before identity version 2
+            d = runs_dir / identity.run_name(recipe, key)
+            if legacy and not d.exists() and (runs_dir / identity.run_name(recipe, legacy)).exists():
+                d = runs_dir / identity.run_name(recipe, legacy)  # written before identity version 2
             pr = PlannedRun(rid, seed, recipe, d, key, legacy, deps, release)
             plan.append(pr)
             by_id[(rid, seed)] = pr
@@ -174,13 +170,6 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
                 need((p.id, p.seed))
         plan = [p for p in plan if (p.id, p.seed) in keep]
     return plan
-
-
-def _key(identity: dict, teacher_key: Optional[str]) -> str:
-    d = stable(identity)  # kept epochs count here: a run dir must hold the files asked of it
-    if teacher_key is not None:
-        d["teacher"]["path"] = teacher_key
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def unique_runs(plan: list[PlannedRun]) -> list[PlannedRun]:

@@ -24,7 +24,8 @@ import yaml
 
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.recipe import Recipe, from_dict, merge
-from tfkd_cli.reproduce.plan import PlannedRun, _key
+from tfkd_cli import identity
+from tfkd_cli.reproduce.plan import PlannedRun
 
 # Fields a grid may not vary: they do not define the run (runtime, data location, the label), or
 # have their own option.
@@ -170,9 +171,9 @@ def build_points(base: Recipe, axes: list[Axis], seeds: list[int], runs_dir: Pat
             if r.data.val_per_class <= 0:
                 raise TfkdError("a sweep chooses on a validation split: set --val-per-class N "
                                 "(data.val_per_class, images per class held out of training)")
-            key = _key(r.identity(), None)
+            key = identity.run_key(r)
             pid = ",".join(f"{k.rsplit('.', 1)[-1]}={_show(v)}" for k, v in params.items())
-            runs.append(PlannedRun(pid, seed, r, runs_dir / f"{r.model.replace(':', '-')}_{r.method}_s{seed}_{key}", key))
+            runs.append(PlannedRun(pid, seed, r, runs_dir / identity.run_name(r, key), key))
         points.append(Point(params, runs))
     return points
 
