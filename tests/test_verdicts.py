@@ -12,7 +12,7 @@ def cell(mean, std=0.5, n=2, train=None, last=None):
     return {"mean": mean, "std": std, "n": n, "train_top1_mean": train, "last_mean": last}
 
 
-# results/table3/mini and results/tfkd-reg-cifar100/mini (tiny100-32, K=100: chance 1%)
+# results/archive/table3-mini-v2 and tfkd-reg-cifar100-mini-v2 (tiny100-32, K=100: chance 1%)
 MV2_BASE = cell(5.66, 1.47, train=9.40, last=5.55)
 MV2_DEKD_R50 = cell(2.69, 0.04, train=2.175, last=2.52)  # above 2x chance, below half the baseline
 MV2_DEKD_R18 = cell(1.88, 0.31, train=1.95, last=1.78)
