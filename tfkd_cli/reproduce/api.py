@@ -126,7 +126,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
         _run(plan, out_dir, executor, executor_options or LocalOptions(jobs, devices), Path(runs_dir),
              retry_failed, command, log)
     shown = sorted(set(asked) | records.seeds(out_dir))  # slices recorded before, on any machine
-    report_plan = plan_for(shown) if shown != asked else plan_for(asked)
+    report_plan = plan if shown == asked else plan_for(shown)
     res = report.build_results(table, sc, report_plan, shown, sets=list(sets))
     before = report.read_table(reference if rerun else out_dir)
     files = report.write(res, out_dir, (Path(runs_dir).resolve(), *where, records.folder(out_dir).resolve()))

@@ -192,9 +192,7 @@ class _Scheduler:
                 continue
             if not all(s in (FINISHED, EXTERNAL) for s in dep_states):
                 continue
-            st = status_of(p)
-            if p.record is not None:
-                st = dir_status(p)  # here because it is trained again (weights_needed)
+            st = dir_status(p)  # not status_of: a run with a record is here to be trained again
             if st in (FINISHED, FAILED):
                 self.todo.remove(p)
                 self.state[p.dir] = st
