@@ -222,3 +222,17 @@ def test_a_damaged_record_is_no_record(tmp_path):
     assert records.find("x", [tmp_path / "runs"]) is None
     (d / "summary.json").write_text(json.dumps({"status": "finished"}))
     assert records.find("x", [tmp_path / "runs"]) == d
+
+
+@pytest.mark.parametrize("k, want", [(12, 100 / 12), (None, 1.0)])  # unknown K: CIFAR-100's
+def test_chance_is_the_recorded_class_count(tmp_path, k, want):
+    """A folder dataset's K is known only from its runs: verdicts read chance from the summary."""
+    from tfkd_cli.recipe import from_dict
+    from tfkd_cli.reproduce.plan import PlannedRun
+    from tfkd_cli.reproduce.report import _chance
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"status": "finished", **({"num_classes": k} if k else {})}))
+    p = PlannedRun("r", 0, from_dict({"data": {"dataset": "folder"}}), run, "key")
+    assert _chance([p]) == pytest.approx(want)

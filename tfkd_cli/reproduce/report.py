@@ -126,9 +126,14 @@ def _cell_method(runs: list[PlannedRun]) -> Optional[str]:
 
 
 def _chance(runs: list[PlannedRun]) -> float:
-    """Chance top-1 in % (100/K) of the runs' dataset; CIFAR-100's when unknown."""
+    """Chance top-1 in % (100/K): K as a finished run recorded it (a folder or cifar-layout set
+    has its own), else the dataset's registered K, else CIFAR-100's."""
     from tfkd_cli.data.registry import DATASETS
 
+    for p in runs:
+        k = None if p.external else (rundir.read_summary(p.source) or {}).get("num_classes")
+        if isinstance(k, int) and k > 0:
+            return 100.0 / k
     info = DATASETS.get(runs[0].recipe.data.dataset) if runs else None
     return 100.0 / ((info.num_classes if info else None) or 100)
 
