@@ -38,3 +38,14 @@ def test_git_commit_is_read_once_per_process(monkeypatch):
 
     monkeypatch.setattr(rundir.subprocess, "run", no_git)
     assert rundir.git_commit() == first
+
+
+def test_row_label_shows_the_epoch_the_scale_used():
+    """Issue #22: the smoke table's ResNet50 pt-teacher trained 1 epoch, not the paper's 51."""
+    from tfkd_cli.reproduce.report import _shown_label, row_label
+
+    cells = {"teacher": {"epoch": 51, "run_epoch": 1}, "student": {"epoch": None}}
+    assert _shown_label("ResNet50 (51 ep) -> ResNet18", cells) == "ResNet50 (1 ep) -> ResNet18"
+    assert _shown_label("ResNet50 (51 ep) -> ResNet18", {"teacher": {"epoch": 51, "run_epoch": 51}}) == \
+        "ResNet50 (51 ep) -> ResNet18"  # the paper scale
+    assert row_label({"label": "old table row"}) == "old table row"  # tables written before `shown`

@@ -217,7 +217,7 @@ def table_curves(res: dict, out: Path, roots: tuple[Path, ...] = (Path("."),)) -
                 label = titles.get(key, key) + (f" ({cell['name']})" if cell.get("name") else "")
                 lines.append((label + f", n={len(curves)}", band(curves)))
         if lines:
-            panels.append((r["label"], lines))
+            panels.append((r.get("shown") or r["label"], lines))
     if not panels:
         return False
     plt, fig, axes = _grid(len(panels))

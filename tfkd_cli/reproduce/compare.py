@@ -9,7 +9,7 @@ from typing import Callable, Optional
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce import records
-from tfkd_cli.reproduce.report import controls_text, noise_note, verdict_text
+from tfkd_cli.reproduce.report import controls_text, noise_note, row_label, verdict_text
 
 
 def _kind(p: Path) -> str:
@@ -144,7 +144,7 @@ def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None], reco
             bad = sum(cl["verdict"] == "no" for cl in cls)
             failed += bad
             far = delta is not None and abs(delta) > tol and h.get("comparable_with_paper")
-            rows.append([r["label"], c.get("name") or key, _f(c.get("paper")), ours or "n/a", c.get("n", 0),
+            rows.append([row_label(r), c.get("name") or key, _f(c.get("paper")), ours or "n/a", c.get("n", 0),
                          _f(delta, True), "; ".join(cl["text"] for cl in cls),
                          "; ".join(_verdict_text(cl) for cl in cls), "; ".join(cl["paper_verdict"] for cl in cls)])
             flags.append(bool(bad) or far)

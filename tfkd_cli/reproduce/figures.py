@@ -59,7 +59,7 @@ def claim_bars(res: dict) -> list[ClaimBars]:
             a, b = r["cells"][cl["column"]], r["cells"][cl["baseline"]]
             ours, err = _gain_of(a, b)
             ctrl = {name: _gain_of(c, b) for name, c in controls_of(r["cells"], cl["column"]).items()}
-            out.append(ClaimBars(f"{r['label']}\n{cl['text']}: {cl['verdict']}", cl["verdict"],
+            out.append(ClaimBars(f"{r.get('shown') or r['label']}\n{cl['text']}: {cl['verdict']}", cl["verdict"],
                                  _nan(cl.get("paper_gain")), _nan(cl.get("gain")), err if cl.get("gain") is not None
                                  else 0.0, ctrl))
     return out
@@ -68,7 +68,8 @@ def claim_bars(res: dict) -> list[ClaimBars]:
 def cells_plotted(res: dict) -> list[tuple[str, dict]]:
     """(row + column title, cell) of every cell with a run."""
     titles = {c["key"]: c["title"] for c in res["columns"]}
-    return [(f"{r['label']}\n{titles[key]}", c) for r in res["rows"] for key, c in r["cells"].items() if c.get("run")]
+    return [(f"{r.get('shown') or r['label']}\n{titles[key]}", c) for r in res["rows"] for key, c in r["cells"].items()
+            if c.get("run")]
 
 
 def partial_note(res: dict) -> Optional[str]:

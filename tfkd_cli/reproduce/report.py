@@ -188,13 +188,29 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
                            "paper_verdict": paper, "noise": _noise(gain, a, b),
                            **({"controls_verdict": beats.outcome, "controls_reason": beats.reason} if beats else {})})
             a.setdefault("gain_over", {})[cl.baseline] = gain
-        rows.append({"label": row.label, "note": row.note, "cells": cells, "claims": claims})
+        rows.append({"label": row.label, "shown": _shown_label(row.label, cells), "note": row.note,
+                     "cells": cells, "claims": claims})
     header = _header(table, scale, plan, seeds)
     header["val_selected"] = any(c.get("n_selected") for r in rows for c in r["cells"].values())
     header["record_gaps"] = gaps
     return {"table": table.table, "title": table.title, "source": table.source, "status": table.status,
             "paper_dataset": table.dataset, "columns": [{"key": c.key, "title": c.title} for c in table.columns],
             "rows": rows, "notes": table.notes, "header": {**header, "overrides": list(sets or [])}}
+
+
+def _shown_label(label: str, cells: dict) -> str:
+    """The row label with the pt-teacher epoch this scale used: "ResNet50 (51 ep)" reads
+    "ResNet50 (1 ep)" where the smoke scale kept epoch 1. `label` stays the row's key (compare
+    matches rows across scales by it)."""
+    for c in cells.values():
+        if c.get("epoch") and c.get("run_epoch") and c["run_epoch"] != c["epoch"]:
+            label = label.replace(f"({c['epoch']} ep)", f"({c['run_epoch']} ep)")
+    return label
+
+
+def row_label(r: dict) -> str:
+    """What a table shows for a row (tables from before `shown` show their label)."""
+    return r.get("shown") or r["label"]
 
 
 def _noise(gain: Optional[float], a: dict, b: dict) -> Optional[str]:
@@ -303,7 +319,7 @@ def to_frame(res: dict):
         for key, c in r["cells"].items():
             cl = verdicts.get(key)
             lines.append({
-                "row": r["label"], "column": key, "name": c.get("name"),
+                "row": row_label(r), "column": key, "name": c.get("name"),
                 "paper": c.get("paper"), "paper_std": c.get("paper_std"), "paper_gain": c.get("paper_gain"),
                 "mean": c.get("mean"), "std": c.get("std"), "n": c.get("n"),
                 "best_epoch_top1": c.get("best_mean"), "last_epoch_top1": c.get("last_mean"),
@@ -374,7 +390,7 @@ def to_markdown(res: dict) -> str:
     headers += [f"{t}?" for t in claim_texts] + [f"{t}: beats its controls?" for t in with_controls]
     body = []
     for r in res["rows"]:
-        line = [r["label"]]
+        line = [row_label(r)]
         for c in cols:
             cell = r["cells"].get(c["key"])
             text = list(_cell_text(cell)) if cell else ["", ""]
@@ -395,7 +411,7 @@ def to_markdown(res: dict) -> str:
     for r in res["rows"]:
         for key, c in r["cells"].items():
             if c.get("n"):
-                detail.append([r["label"], key, _fmt(c.get("best_mean")), _fmt(c.get("last_mean")),
+                detail.append([row_label(r), key, _fmt(c.get("best_mean")), _fmt(c.get("last_mean")),
                                _fmt(c.get("train_top1_mean")), _fmt(c.get("delta_paper")),
                                _fmt(c.get("teacher_share_first"), 4), _fmt(c.get("teacher_share_last"), 4)])
     if detail:
