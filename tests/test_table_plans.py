@@ -167,7 +167,10 @@ def test_table3_resnet18_planned_once(plans, scale):
         for sid in ("mv2_from_r18pt", "sv2_from_r18pt"):
             st = _run(plan, sid, seed)
             assert Path(st.recipe.teacher.path) == r18.dir
-            assert st.recipe.teacher.epoch == 1
+            if scale == "paper":
+                assert st.recipe.teacher.epoch == 1
+            else:  # pt_teachers: strength (the epoch is picked from the finished teacher run)
+                assert st.recipe.teacher.epoch is None and st.recipe.teacher.ratio == 0.2
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -367,12 +370,15 @@ def test_scale_mini(plans, tid):
 
 
 def test_scale_mini_table3_pt_teachers(plans):
+    # pt_teachers: strength (issue 22): the teacher runs train the whole scaled baseline schedule,
+    # keep every epoch, and each student names the paper's ratio, not an epoch
     _, plan = plans[("table3", "mini")]
-    assert _run(plan, "resnet50_pt").recipe.train.epochs == 8
-    assert _run(plan, "resnet50_pt").recipe.train.keep_epochs == [8]
-    assert _run(plan, "resnet18").recipe.train.keep_epochs == [1]
-    assert _run(plan, "mv2_from_r50pt").recipe.teacher.epoch == 8
-    assert _run(plan, "mv2_from_r18pt").recipe.teacher.epoch == 1
+    assert _run(plan, "resnet50_pt").recipe.train.epochs == 30
+    assert _run(plan, "resnet50_pt").recipe.train.keep_epochs == list(range(1, 31))
+    assert _run(plan, "resnet18").recipe.train.keep_epochs == list(range(1, 31))
+    assert _run(plan, "mv2_from_r50pt").recipe.teacher.epoch is None
+    assert _run(plan, "mv2_from_r50pt").recipe.teacher.ratio == 0.59
+    assert _run(plan, "mv2_from_r18pt").recipe.teacher.ratio == 0.2
 
 
 def test_scale_mini_imagenet(plans):

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tfkd_cli import fold
+from tfkd_cli import fold, strength
 from tfkd_cli.data import DataSpec, build_data
 from tfkd_cli.data.loaders import Data
 from tfkd_cli.diagnostics import term_norms
@@ -71,11 +71,17 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     # Teacher first: a bad teacher path should fail before any file is written.
     teacher = loaded = info = None
     if recipe.method in NEEDS_TEACHER and not recipe.teacher.uniform:  # a uniform teacher is no network
-        loaded = _load_teacher(recipe, data, log)
+        loaded, pick = _load_teacher(recipe, data, log)
         teacher = loaded.model.to(device, memory_format=fmt).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         info = loaded.provenance()
+        if pick is not None:
+            info["strength"] = pick  # which epoch the ratio chose, and why (tfkd_cli.strength)
+            if dd.main:
+                log(f"teacher by strength: epoch {pick['epoch']} of {pick['final_epoch']}, test top-1 "
+                    f"{pick['top1']:.2f} of {pick['final_top1']:.2f} = {pick['ratio']:.2f} "
+                    f"(paper's ratio {pick['paper_ratio']:g})")
         if teacher_sha and teacher_sha != info["sha256"]:
             raise TfkdError(f"the teacher {loaded.file} changed since this run started (sha256 "
                             f"{info['sha256'][:12]} vs {teacher_sha[:12]}); resume with the same teacher, or --overwrite")
@@ -115,16 +121,21 @@ def loss_params(recipe: Recipe) -> dict:
     return recipe.loss_params()  # the parameters the method reads (tfkd_cli.methods.METHODS)
 
 
-def _load_teacher(recipe: Recipe, data: Data, log: Callable[[str], None]) -> Loaded:
+def _load_teacher(recipe: Recipe, data: Data, log: Callable[[str], None]) -> tuple[Loaded, Optional[dict]]:
+    """The teacher, and the strength pick when `teacher.ratio` chose its epoch (else None)."""
     t = recipe.teacher
-    loaded = load_model(Path(t.path), model=t.model, width=t.width, num_classes=data.num_classes, epoch=t.epoch)
+    epoch, pick = t.epoch, None
+    if t.ratio is not None:  # the same finished metrics.csv gives the same epoch on every resume
+        pick = strength.choose(Path(t.path), t.ratio)
+        epoch = pick["epoch"]
+    loaded = load_model(Path(t.path), model=t.model, width=t.width, num_classes=data.num_classes, epoch=epoch)
     if loaded.dataset not in (None, recipe.data.dataset) and not t.other_dataset:
         raise TfkdError(f"the teacher {loaded.file} was trained on {loaded.dataset}, this run trains on "
                         f"{recipe.data.dataset}; to distill across datasets pass --teacher-other-dataset "
                         "(teacher.other_dataset: true)")
     if recipe.method == "kd_self" and loaded.name != canonical_name(recipe.model):
         log(f"note: kd_self teacher is a {loaded.name}, student a {canonical_name(recipe.model)}")
-    return loaded
+    return loaded, pick
 
 
 def _teacher_cache(recipe: Recipe, loaded: Loaded, info: dict, root: Path, dd: Dist, device: torch.device,

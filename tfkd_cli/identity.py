@@ -12,6 +12,9 @@ method does not read). Everything that names a run derives from it, here and now
   teacher's own key, not by its path, so the name is the same on every machine.
 - `digest`: the one hash function, also keying the teacher-logit cache (`teacher_cache.py`).
 
+A teacher picked by strength (`teacher.ratio`, `tfkd_cli.strength`) is named by its ratio, not
+by the epoch it resolves to: that epoch is a function of the teacher run, which the key names.
+
 Version 1 (before commit 35f0c10) held every loss parameter, read or not. A run written then is
 still found: `legacy_hash` / `legacy_key` give its old names (the only v1 code; `plan` uses it).
 """
@@ -53,6 +56,8 @@ def _base(recipe) -> dict:
             d["data"].pop(k, None)
     if not d["teacher"].get("uniform"):  # a control, added later: absent when false
         d["teacher"].pop("uniform", None)
+    if d["teacher"].get("ratio") is None:  # a teacher by strength, added later: absent when unset
+        d["teacher"].pop("ratio", None)
     return d
 
 
@@ -67,7 +72,7 @@ def canonical(recipe) -> dict:
 def legacy(recipe) -> Optional[dict]:
     """The identity version 1 gave this run, or None when no version-1 run could be it."""
     loss, defaults = dataclasses.asdict(recipe.loss), dataclasses.asdict(type(recipe.loss)())
-    if recipe.teacher.uniform or any(v != defaults[k] for k, v in loss.items() if k not in _V1_LOSS):
+    if recipe.teacher.uniform or recipe.teacher.ratio is not None or any(v != defaults[k] for k, v in loss.items() if k not in _V1_LOSS):
         return None
     d = _base(recipe)
     d["loss"] = {k: loss[k] for k in _V1_LOSS}

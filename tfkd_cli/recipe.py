@@ -38,6 +38,9 @@ class TeacherCfg:
     path: Optional[str] = None  # a tfkd run directory or a checkpoint file (tfkd or official .pth.tar)
     model: Optional[str] = None  # architecture; needed for official checkpoints, else read from the run
     epoch: Optional[int] = None  # a kept epoch checkpoint of the teacher run (De-KD), else its best
+    # De-KD at reduced scales: the epoch of the finished teacher run whose test top-1 / final test
+    # top-1 is nearest this ratio (tfkd_cli.strength); exclusive with `epoch`
+    ratio: Optional[float] = None
     width: Optional[float] = None  # width of an official checkpoint's model (default 1.0)
     uniform: bool = False  # control: the uniform distribution instead of a teacher (kd, kd_self, tfkd_reg)
     # accept a teacher whose recorded dataset is not this run's (--teacher-other-dataset); a

@@ -105,6 +105,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.per_class", lambda v: v is None or v > 0, "> 0 or null"),
     ("data.val_per_class", lambda v: v >= 0, ">= 0"),
     ("teacher.epoch", lambda v: v is None or v > 0, ">= 1"),
+    ("teacher.ratio", lambda v: v is None or 0 < v <= 1, "in (0, 1] (a fraction of the teacher's final test top-1) or null"),
     ("data.image_size", lambda v: v is None or v > 0, "> 0 or null"),
     ("data.mean", lambda v: v is None or len(v) == 3, "3 per-channel values or null"),
     ("data.std", lambda v: v is None or (len(v) == 3 and min(v) > 0), "3 positive per-channel values or null"),
@@ -155,6 +156,11 @@ def _check_teacher(r: Any, src: str, bad: Callable[[str, str], None]) -> None:
         check_uniform(r.method, r.teacher.uniform)
     except TfkdError as e:
         raise TfkdError(f"{src}: teacher.uniform: {e}") from None
+    if r.teacher.ratio is not None and r.teacher.epoch is not None:
+        bad("teacher.epoch", f"null with teacher.ratio (the ratio picks the epoch; got epoch {r.teacher.epoch}, "
+            f"ratio {r.teacher.ratio})")
+    if r.teacher.ratio is not None and r.teacher.uniform:
+        bad("teacher.ratio", "null with teacher.uniform (the uniform teacher has no epochs)")
     if r.teacher.uniform and r.teacher.path:
         bad("teacher.path", f"empty with teacher.uniform (the uniform teacher loads no network; got {r.teacher.path!r})")
     if r.loss.label_weight is not None and "label_weight" not in METHODS[r.method].optional:

@@ -44,7 +44,8 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
         secs = 0.0 if p.external else estimate_seconds(r, device, teacher)
         if st in ("pending", "again (weights)"):
             total += secs
-        dep = ", ".join(f"{by_key[d].id}" + (f"@ep{r.teacher.epoch}" if r.teacher.epoch else "") for d in p.deps)
+        at = f"@ep{r.teacher.epoch}" if r.teacher.epoch else f"@ratio={r.teacher.ratio:g}" if r.teacher.ratio else ""
+        dep = ", ".join(f"{by_key[d].id}{at}" for d in p.deps)
         what = f"{r.model} x{r.width:g} {r.method}"
         what += _loss_text(r)
         lines.append([p.name, what, r.train.epochs, r.train.batch_size, f"{r.lr:g}", dep or "-",

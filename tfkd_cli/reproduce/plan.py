@@ -11,6 +11,12 @@ A run's recipe layers, lowest first: Recipe defaults < the profile of the table'
 (recipes/datasets/) < the table's run_defaults < the run < the scale (epoch factor, then
 overrides, then per_model) < `--set` (`sets`). The profile is the table's dataset's, not that
 of a dataset a scale or --set swaps in: a table on other data keeps the table's protocol.
+
+At a scale with `pt_teachers: strength` (spec.Scale) a run that keeps epoch checkpoints in its
+table (a De-KD teacher source) drops the table's `epochs`/`keep_epochs`, trains the scaled
+baseline schedule and keeps every epoch; its students carry `teacher.ratio` instead of an
+epoch, resolved when they load it (`tfkd_cli.strength`). The rule reads the run's own spec, so
+a run shared by several tables (ResNet18) stays one run.
 """
 
 from __future__ import annotations
@@ -75,6 +81,39 @@ def _apply_scale(d: dict, factor: float) -> dict:
     return d
 
 
+def _keeps_epochs(spec: dict) -> bool:
+    """Whether a table's run keeps epoch checkpoints: the source of a De-KD teacher."""
+    return bool((spec.get("train") or {}).get("keep_epochs"))
+
+
+def _teacher(t: dict, dep: PlannedRun, epoch: Optional[int], ratio: Optional[float], strength: bool,
+             where: str) -> tuple[str, Optional[str]]:
+    """Point the teacher section `t` of a student at its teacher run `dep`; the teacher's key
+    (and identity version 1 key) for the student's own. `epoch`, `ratio`: the table's teacher
+    reference; at a strength scale the ratio replaces the epoch (the released files excepted)."""
+    t["path"] = str(dep.release or dep.dir)
+    if dep.release is not None:
+        # The released files are the paper's full-width models at paper epochs
+        # (base_resnet50/50.pth.tar = after 51 epochs), whatever the scale.
+        t.update(model=dep.recipe.model, width=1.0, epoch=epoch)
+        return (f"release:{dep.release.resolve()}",) * 2
+    t["model"] = None
+    train = dep.recipe.train
+    if strength and (epoch is not None or ratio is not None):
+        if ratio is None:
+            raise TfkdError(f"{where}: at a scale with pt_teachers: strength its teacher reference needs "
+                            f"the paper's ratio (teacher: {{run: {dep.id}, epoch: {epoch}, ratio: R}})")
+        if train.keep_epochs != list(range(1, train.epochs + 1)):
+            raise TfkdError(f"{where}: its teacher {dep.id!r} is picked by strength (pt_teachers: strength) "
+                            "but does not keep every epoch (give it train.keep_epochs in the table)")
+        t.update(epoch=None, ratio=ratio)  # the epoch is resolved from the finished teacher run
+    elif epoch is not None:
+        if t["epoch"] not in train.keep_epochs and t["epoch"] != train.epochs:
+            raise TfkdError(f"{where} uses epoch {t['epoch']} of {dep.id!r}, which does not keep it "
+                            "(train.keep_epochs)")
+    return dep.key, dep.legacy_key
+
+
 def _order(table: Table) -> list[str]:
     """Run ids with every teacher before its students (a cycle is a recipe error)."""
     done: list[str] = []
@@ -105,13 +144,17 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
     `sets` (parsed `--set` overrides) apply to every run, after the scale."""
     runs_dir = Path(runs_dir).resolve()
     defaults = Recipe().to_dict()
+    strength = scale.pt_teachers == "strength"
     plan: list[PlannedRun] = []
     by_id: dict[tuple[str, int], PlannedRun] = {}
     for seed in seeds:
         for rid in _order(table):
             spec = copy.deepcopy(table.runs[rid])
             t = spec.pop("teacher", None) or {}
-            teacher_run, teacher_epoch = t.pop("run", None), t.get("epoch")
+            teacher_run, teacher_epoch, ratio = t.pop("run", None), t.get("epoch"), t.pop("ratio", None)
+            source = strength and _keeps_epochs(spec)
+            if source:  # a pt-teacher source trains the whole baseline schedule (module doc)
+                spec["train"] = {k: v for k, v in spec["train"].items() if k not in ("epochs", "keep_epochs")}
             layer = merge(merge(table.run_defaults, spec), {"teacher": t} if t else {})
             dataset = pick([table.run_defaults, spec], "data", "dataset") or DataCfg.dataset
             full = merge(merge(defaults, dataset_profile(dataset)), layer)
@@ -119,6 +162,8 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             full = merge(full, scale.overrides)
             full = merge(full, scale.per_model.get(canonical_name(full["model"]), {}))
             full = merge(full, sets or {})
+            if source:  # every epoch kept: the strength pick may choose any (small at these scales)
+                full["train"]["keep_epochs"] = list(range(1, full["train"]["epochs"] + 1))
             if is_torchvision(full["model"]):
                 full["width"] = 1.0  # width multipliers exist for the CIFAR models only
             full["seed"] = seed
@@ -128,22 +173,9 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             if teacher_run:
                 dep = by_id[(teacher_run, seed)]
                 deps.append((teacher_run, seed))
-                full["teacher"]["path"] = str(dep.release or dep.dir)
-                if dep.release is not None:
-                    # The released files are the paper's full-width models at paper epochs
-                    # (base_resnet50/50.pth.tar = after 51 epochs), whatever the scale.
-                    full["teacher"]["model"] = dep.recipe.model
-                    full["teacher"]["width"] = 1.0
-                    full["teacher"]["epoch"] = teacher_epoch
-                    teacher_key = legacy_teacher_key = f"release:{dep.release.resolve()}"
-                else:
-                    full["teacher"]["model"] = None
-                    teacher_key, legacy_teacher_key = dep.key, dep.legacy_key
-                if teacher_epoch is not None and dep.release is None and \
-                        full["teacher"]["epoch"] not in dep.recipe.train.keep_epochs and \
-                        full["teacher"]["epoch"] != dep.recipe.train.epochs:
-                    raise TfkdError(f"{table.file}: run {rid!r} uses epoch {full['teacher']['epoch']} of "
-                                    f"{teacher_run!r}, which does not keep it (train.keep_epochs)")
+                where = f"{table.file}: run {rid!r}"
+                teacher_key, legacy_teacher_key = _teacher(full["teacher"], dep, teacher_epoch, ratio,
+                                                           strength, where)
             recipe = from_dict(full, f"{table.file} run {rid}")
             key = identity.run_key(recipe, teacher_key)
             legacy = identity.legacy_key(recipe, legacy_teacher_key) if legacy_teacher_key or not teacher_run else None

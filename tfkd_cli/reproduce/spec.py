@@ -6,20 +6,28 @@ so a correction changes only that file.
 
 A table recipe declares
   runs:         run id -> a partial run recipe (`tfkd_cli.recipe.Recipe` fields), where
-                `teacher: {run: ID, epoch: N}` names another run of the table (a dependency)
+                `teacher: {run: ID, epoch: N, ratio: R}` names another run of the table (a
+                dependency): at the paper scale its checkpoint after N epochs; at a scale with
+                `pt_teachers: strength` the epoch whose test top-1 is nearest R x its final
+                test top-1 (`tfkd_cli.strength`; R is the paper's pt-teacher / full accuracy)
                 and `release: base_<name>` names the folder of the authors' released weights
                 that can stand in for this run (`reproduce --teachers DIR`);
   run_defaults: fields shared by every run;
   columns:      the paper table's columns, in order;
-  rows:         per row a label and, per column, a cell {run, epoch, name, paper, paper_std,
-                paper_gain, note}; `paper: null` means the number was not found (shown n/a);
+  rows:         per row a label and, per column, a cell {run, epoch, ratio, name, paper,
+                paper_std, paper_gain, note}; `paper: null` means the number was not found
+                (shown n/a); a pt-teacher cell's epoch and ratio are its students' reference's;
   claims:       per row verdicts: column X `improves` on column Y, or `matches` it within a
                 tolerance.
 A scale overlay (recipes/scales/<scale>.yaml) declares `epoch_factor` (epochs, milestones,
 kept epochs and teacher epochs scale in proportion), `overrides` merged into every run, and
 `per_model` overrides merged into the runs of one model after those (e.g. a narrower width
-for a model that would otherwise dominate the scale's compute). `--scale` takes a scale's
-name or the path of such a file (its `scale:` name defaults to the file's stem).
+for a model that would otherwise dominate the scale's compute), and `pt_teachers`: `epoch`
+(default; the paper scale: a De-KD teacher is its run after the table's epoch, scaled) or
+`strength` (a De-KD teacher reference takes its `ratio`; a run that keeps epoch checkpoints
+in its table, i.e. a pt-teacher source, trains the full baseline schedule and keeps every
+epoch, see `plan`). `--scale` takes a scale's name or the path of such a file (its `scale:`
+name defaults to the file's stem).
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import canonical_name
 from tfkd_cli.recipe import load_layers, read_yaml, recipes_dir
 from tfkd_cli.recipe_check import coerce
+from tfkd_cli.strength import check_ratio
 
 
 @dataclass
 class Cell:
     run: Optional[str] = None  # run id whose test top-1 fills the cell
     epoch: Optional[int] = None  # use the run's top-1 at this epoch (a pt-teacher), not its reported one
+    ratio: Optional[float] = None  # pt-teacher at a strength scale: the paper's ratio (tfkd_cli.strength)
     name: Optional[str] = None  # display name, e.g. "ResNet18"
     paper: Optional[float] = None  # the paper's number (mean); null = not found
     paper_std: Optional[float] = None
@@ -93,6 +103,7 @@ class Scale:
     per_model: dict = field(default_factory=dict)  # model name -> overrides for its runs
     comparable_with_paper: bool = False
     data_note: Optional[str] = None
+    pt_teachers: Literal["epoch", "strength"] = "epoch"  # how a De-KD teacher is chosen (module doc)
 
 
 TABLE_KEYS = {"table", "title", "source", "status", "dataset", "columns", "rows", "runs", "run_defaults",
@@ -159,6 +170,10 @@ def parse_table(data: dict, path: Path) -> Table:
         t = spec.get("teacher") or {}
         if "run" in t and t["run"] not in runs:
             raise TfkdError(f"{src}: run {rid!r} names teacher run {t['run']!r}, which the table does not declare")
+        if t.get("ratio") is not None:
+            check_ratio(t["ratio"], f"{src}: run {rid!r} teacher")
+            if t.get("epoch") is None:  # the paper scale keeps the official epoch
+                raise TfkdError(f"{src}: run {rid!r}: a teacher reference with a ratio needs the paper's epoch too")
         clean_runs[rid] = spec
     rows = []
     for i, r in enumerate(data["rows"]):
@@ -175,6 +190,8 @@ def parse_table(data: dict, path: Path) -> Table:
                 cell = coerce(v or {}, Cell, f"rows[{i}].{k}")
             except TfkdError as e:
                 raise TfkdError(f"{src}: {e}") from None
+            if cell.ratio is not None:
+                check_ratio(cell.ratio, f"{src}: rows[{i}].{k}")
             if cell.run is not None and cell.run not in runs:
                 raise TfkdError(f"{src}: rows[{i}].{k} names run {cell.run!r}, which the table does not declare")
             cells[k] = cell
