@@ -14,8 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from tfkd_cli import rundir
+from tfkd_cli import rundir, strength
 from tfkd_cli.checkpoint import atomic_write_text
+from tfkd_cli.errors import TfkdError
 from tfkd_cli.plots import table_curves
 from tfkd_cli.reproduce.controls import is_control
 from tfkd_cli.reproduce.figures import gain_figure
@@ -56,11 +57,28 @@ def _release_top1(p: PlannedRun, epoch, plan: list[PlannedRun]) -> Optional[floa
     return None
 
 
-def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[PlannedRun], gaps: list[str]) -> dict:
+def _pt_value(cell, p: PlannedRun, scale: Scale, gaps: list[str]) -> tuple[Optional[float], Optional[dict]]:
+    """A pt-teacher cell's top-1 for one seed: at the scaled epoch, or at a strength scale at the
+    epoch `strength.choose` picks (the one its students loaded), with that pick."""
+    if scale.pt_teachers == "strength" and cell.ratio is not None:
+        try:
+            pick = strength.choose(p.source, cell.ratio)
+        except TfkdError as e:
+            _gap(gaps, p, str(e))
+            return None, None
+        return pick["top1"], pick
+    epoch = scale_epoch(cell.epoch, scale.epoch_factor)
+    v = _epoch_top1(p.source, epoch)
+    if v is None:
+        _gap(gaps, p, f"no test_top1 at epoch {epoch} in metrics.csv")
+    return v, None
+
+
+def _cell_values(cell, runs: list[PlannedRun], scale: Scale, plan: list[PlannedRun], gaps: list[str]) -> dict:
     """Per-seed values of one cell: the reported top-1 and, for reference, best, last and, for runs
     with a validation split, the test top-1 at the val-selected epoch. A record that lacks a
     field (written by older code) is named in `gaps` and skipped where it cannot count."""
-    vals, best, last, train, dirs, teachers, selected, diag = [], [], [], [], [], [], [], []
+    vals, best, last, train, dirs, teachers, selected, diag, picks = [], [], [], [], [], [], [], [], []
     names = {q.dir.name for q in plan}
     for p in runs:
         if p.external:  # the authors' file: only its accuracy as measured before distilling
@@ -73,12 +91,12 @@ def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[Planned
         if not s or s.get("status") != "finished":
             continue
         if cell.epoch is not None:
-            v = _epoch_top1(p.source, scale_epoch(cell.epoch, factor))
+            v, pick = _pt_value(cell, p, scale, gaps)
             if v is None:
-                _gap(gaps, p, f"no test_top1 at epoch {scale_epoch(cell.epoch, factor)} in metrics.csv")
                 continue
             dirs.append(p.dir.name)
             vals.append(v)
+            picks += [pick] if pick else []
             continue
         b, l = s.get("best") or {}, s.get("last") or {}
         field = "best" if p.recipe.train.report == "best" else "last"
@@ -100,7 +118,7 @@ def _cell_values(cell, runs: list[PlannedRun], factor: float, plan: list[Planned
             teachers.append({"source": t.get("source"), "file": _in_runs(str(t.get("file")), names),
                              "sha256": t.get("sha256") or "", "top1": (t.get("test") or {}).get("top1")})
     return {"values": vals, "best": best, "last": last, "train": [t for t in train if t is not None],
-            "dirs": dirs, "teachers": teachers, "selected": selected, "diag": diag}
+            "dirs": dirs, "teachers": teachers, "selected": selected, "diag": diag, "picks": picks}
 
 
 def _gap(gaps: list[str], p: PlannedRun, what: str) -> None:
@@ -160,7 +178,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
             c = {"name": cell.name, "paper": cell.paper, "paper_std": cell.paper_std,
                  "paper_gain": cell.paper_gain, "note": cell.note, "run": cell.run, "epoch": cell.epoch}
             if cell.run:
-                v = _cell_values(cell, by_id.get(cell.run, []), scale.epoch_factor, plan, gaps)
+                v = _cell_values(cell, by_id.get(cell.run, []), scale, plan, gaps)
                 mean, std = _mean_std(v["values"])
                 c.update({"mean": mean, "std": std, "n": len(v["values"]), "values": v["values"],
                           "n_planned": len(by_id.get(cell.run, [])),
@@ -168,7 +186,8 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
                           "train_top1_mean": _mean_std(v["train"])[0], "runs": v["dirs"],
                           "teachers": v["teachers"], "n_selected": len(v["selected"]),
                           "selected_mean": _mean_std(v["selected"])[0], "selected_std": _mean_std(v["selected"])[1],
-                          "run_epoch": scale_epoch(cell.epoch, scale.epoch_factor) if cell.epoch else None,
+                          "run_epoch": _run_epoch(cell, scale, v["picks"]), "ratio": cell.ratio,
+                          "picks": [{k: pk[k] for k in ("epoch", "top1", "final_top1", "ratio")} for pk in v["picks"]],
                           "method": _cell_method(by_id.get(cell.run, [])), **_diag_means(v["diag"]),
                           "delta_paper": None if mean is None or cell.paper is None else mean - cell.paper})
             else:
@@ -198,12 +217,26 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
             "rows": rows, "notes": table.notes, "header": {**header, "overrides": list(sets or [])}}
 
 
+def _run_epoch(cell, scale: Scale, picks: list[dict]) -> Optional[int]:
+    """The teacher epoch a cell reads: the scaled epoch, or the strength pick (the latest over
+    seeds; each seed's own is in `picks`)."""
+    if not cell.epoch:
+        return None
+    if picks:
+        return max(pk["epoch"] for pk in picks)
+    return None if scale.pt_teachers == "strength" and cell.ratio is not None else scale_epoch(cell.epoch, scale.epoch_factor)
+
+
 def _shown_label(label: str, cells: dict) -> str:
     """The row label with the pt-teacher epoch this scale used: "ResNet50 (51 ep)" reads
     "ResNet50 (1 ep)" where the smoke scale kept epoch 1. `label` stays the row's key (compare
     matches rows across scales by it)."""
     for c in cells.values():
-        if c.get("epoch") and c.get("run_epoch") and c["run_epoch"] != c["epoch"]:
+        if c.get("picks"):  # chosen by strength: the epoch(s) and the fraction of the final top-1 reached
+            epochs = "/".join(str(e) for e in sorted({pk["epoch"] for pk in c["picks"]}))
+            reached = statistics.fmean(pk["ratio"] for pk in c["picks"])
+            label = label.replace(f"({c['epoch']} ep)", f"(ep {epochs}: {reached:.2f} of final, paper {c['ratio']:.2f})")
+        elif c.get("epoch") and c.get("run_epoch") and c["run_epoch"] != c["epoch"]:
             label = label.replace(f"({c['epoch']} ep)", f"({c['run_epoch']} ep)")
     return label
 
@@ -421,6 +454,17 @@ def to_markdown(res: dict) -> str:
         out += tabulate(detail, headers=["row", "column", "best-epoch", "last-epoch", "train", "delta paper",
                                          "teacher_share first", "teacher_share last"],
                         tablefmt="github") + "\n"
+    picked = {}
+    for r in res["rows"]:
+        for c in r["cells"].values():
+            for d, pk in zip(c.get("runs") or [], c.get("picks") or []):
+                picked.setdefault(d, [c.get("name"), d, pk["epoch"], _fmt(pk["top1"]), _fmt(pk["final_top1"]),
+                                      f"{pk['ratio']:.3f}", f"{c['ratio']:.2f}"])
+    if picked:
+        out += "\nPt-teachers chosen by strength (tfkd_cli/strength.py: the epoch whose test top-1 / the run's " \
+               "final test top-1 is nearest the paper's ratio; the students loaded these epochs):\n\n"
+        out += tabulate(list(picked.values()), headers=["teacher", "run", "epoch", "test top-1", "final test top-1",
+                                                        "ratio", "paper ratio"], tablefmt="github") + "\n"
     teachers = sorted({(t["source"], t["file"], t["sha256"][:16]) for r in res["rows"]
                        for c in r["cells"].values() for t in c.get("teachers") or []})
     if teachers:
