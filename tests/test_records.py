@@ -236,3 +236,15 @@ def test_chance_is_the_recorded_class_count(tmp_path, k, want):
     (run / "summary.json").write_text(json.dumps({"status": "finished", **({"num_classes": k} if k else {})}))
     p = PlannedRun("r", 0, from_dict({"data": {"dataset": "folder"}}), run, "key")
     assert _chance([p]) == pytest.approx(want)
+
+
+def test_records_of_other_tables_count_only_inside_results(tmp_path, monkeypatch):
+    """Shared runs: a table in results/ reads its sibling tables' records of the same scale; a
+    table written elsewhere (--out) reads only its own, never the committed ones."""
+    monkeypatch.chdir(tmp_path)
+    for t in ("table3", "tfkd-reg-cifar100"):
+        (tmp_path / "results" / t / "smoke" / "runs").mkdir(parents=True)
+    (tmp_path / "results" / "table3" / "mini" / "runs").mkdir(parents=True)
+    own = records.roots(Path("results/table3/smoke"), "smoke")
+    assert own == [(tmp_path / "results" / t / "smoke" / "runs").resolve() for t in ("table3", "tfkd-reg-cifar100")]
+    assert records.roots(tmp_path / "elsewhere", "smoke") == [(tmp_path / "elsewhere" / "runs").resolve()]

@@ -38,10 +38,15 @@ def folder(results: Path) -> Path:
 
 
 def roots(results: Path, scale: str, results_root: Path = Path("results")) -> list[Path]:
-    """Where records of this table's runs may lie: its own results folder first, then every
-    table's folder of the same scale (shared runs)."""
+    """Where records of this table's runs may lie: its own results folder first, then, when that
+    folder is a table's folder in `results_root` (`results/<table>/<scale>`), every table's
+    folder of the same scale there (shared runs). A table written elsewhere (`--out DIR`) counts
+    only its own records: the committed ones are not its runs."""
     own = folder(results).resolve()
-    others = sorted(p.resolve() for p in Path(results_root).glob(f"*/{scale}/{DIRNAME}") if p.is_dir())
+    root = Path(results_root).resolve()
+    if Path(results).resolve().parent.parent != root:
+        return [own]
+    others = sorted(p.resolve() for p in root.glob(f"*/{scale}/{DIRNAME}") if p.is_dir())
     return [own] + [p for p in others if p != own]
 
 
