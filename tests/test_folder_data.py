@@ -136,6 +136,7 @@ def test_mixed_sizes_train_with_image_size(tmp_path):
     assert data.image_size == 32 and data.num_train == 10
 
 
+@pytest.mark.slow  # trains real CLI runs (the quick loop stays under 3 min)
 def test_teacher_of_another_class_count_or_dataset_is_refused(folder, tmp_path):
     teacher = tmp_path / "digits_teacher"
     p = run_cli(["train-teacher", "--dataset", "digits", "--epochs", "1", "--set", "width=0.125", "--quiet",

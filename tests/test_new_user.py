@@ -26,6 +26,7 @@ def reg_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains real CLI runs (the quick loop stays under 3 min)
 def test_resume_with_only_out_takes_the_saved_recipe(reg_run):
     before = json.loads((reg_run / "summary.json").read_text())
     p = run_cli(["train-teacher", "--resume", "--out", reg_run, "--quiet", "--device", "cpu"], env=cli_env())
@@ -45,6 +46,7 @@ def test_resume_refuses_flags_that_disagree_with_the_saved_recipe(reg_run, flags
     assert f": {field} in {reg_run}/recipe.yaml, but this command gives" in line
 
 
+@pytest.mark.slow  # trains real CLI runs (the quick loop stays under 3 min)
 def test_resume_accepts_agreeing_and_runtime_flags(reg_run):
     p = run_cli(["train-teacher", "--resume", "--out", reg_run, "--method", "tfkd_reg", "--set", "loss.alpha=0.1",
                  "--device", "cpu", "--set", "runtime.threads=1", "--quiet"], env=cli_env())

@@ -208,6 +208,7 @@ def _strength_of(run: Path) -> dict:
     return json.loads((run / rundir.SUMMARY).read_text())["teacher"]
 
 
+@pytest.mark.slow  # trains real CLI runs (the quick loop stays under 3 min)
 def test_student_loads_the_nearest_epoch_and_records_it(teacher, tmp_path):
     r = CliRunner().invoke(cli, [*STUDENT, "--teacher", str(teacher), "--set", "teacher.ratio=0.59",
                                  "--out", str(tmp_path / "s")])
@@ -225,6 +226,7 @@ def test_student_loads_the_nearest_epoch_and_records_it(teacher, tmp_path):
     assert s == choose(teacher, 0.59)  # the table reads the same pick
 
 
+@pytest.mark.slow  # trains real CLI runs (the quick loop stays under 3 min)
 def test_a_resumed_student_picks_the_same_epoch(teacher, tmp_path):
     args = [*STUDENT, "--teacher", teacher, "--set", "teacher.ratio=0.2"]
     whole = run_cli([*args, "--out", tmp_path / "whole"])
