@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import cpu_model  # the benchmarks' one reading of the CPU name
 
 
 def _train(out: Path, seed: int, threads: int, epochs: int) -> subprocess.Popen:
@@ -59,23 +60,13 @@ def all_cores(out: Path, runs: int, cores: int, epochs: int) -> float:
     return time.perf_counter() - t0
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     a = ap.parse_args()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; load average before: "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average before: "
           f"{os.getloadavg()[0]:.2f}; {a.runs} digits runs (resnet18 x0.125, {a.epochs} epochs)")
     rows = []
     for condition in ("quiet", "beside one busy-loop process"):
