@@ -158,9 +158,10 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             layer = merge(merge(table.run_defaults, spec), {"teacher": t} if t else {})
             dataset = pick([table.run_defaults, spec], "data", "dataset") or DataCfg.dataset
             full = merge(merge(defaults, dataset_profile(dataset)), layer)
-            full = _apply_scale(full, scale.epoch_factor)
+            own = dict(scale.per_model.get(canonical_name(full["model"]), {}))
+            full = _apply_scale(full, own.pop("epoch_factor", scale.epoch_factor))
             full = merge(full, scale.overrides)
-            full = merge(full, scale.per_model.get(canonical_name(full["model"]), {}))
+            full = merge(full, own)
             full = merge(full, sets or {})
             if source:  # every epoch kept: the strength pick may choose any (small at these scales)
                 full["train"]["keep_epochs"] = list(range(1, full["train"]["epochs"] + 1))
@@ -174,6 +175,8 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
                 dep = by_id[(teacher_run, seed)]
                 deps.append((teacher_run, seed))
                 where = f"{table.file}: run {rid!r}"
+                if teacher_epoch is not None:  # the teacher's epochs scale by its own model's factor
+                    full["teacher"]["epoch"] = scale_epoch(teacher_epoch, scale.factor(dep.recipe.model))
                 teacher_key, legacy_teacher_key = _teacher(full["teacher"], dep, teacher_epoch, ratio,
                                                            strength, where)
             recipe = from_dict(full, f"{table.file} run {rid}")

@@ -67,7 +67,7 @@ def _pt_value(cell, p: PlannedRun, scale: Scale, gaps: list[str]) -> tuple[Optio
             _gap(gaps, p, str(e))
             return None, None
         return pick["top1"], pick
-    epoch = scale_epoch(cell.epoch, scale.epoch_factor)
+    epoch = scale_epoch(cell.epoch, scale.factor(p.recipe.model))
     v = _epoch_top1(p.source, epoch)
     if v is None:
         _gap(gaps, p, f"no test_top1 at epoch {epoch} in metrics.csv")
@@ -186,7 +186,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
                           "train_top1_mean": _mean_std(v["train"])[0], "runs": v["dirs"],
                           "teachers": v["teachers"], "n_selected": len(v["selected"]),
                           "selected_mean": _mean_std(v["selected"])[0], "selected_std": _mean_std(v["selected"])[1],
-                          "run_epoch": _run_epoch(cell, scale, v["picks"]), "ratio": cell.ratio,
+                          "run_epoch": _run_epoch(cell, scale, v["picks"], by_id.get(cell.run, [])), "ratio": cell.ratio,
                           "picks": [{k: pk[k] for k in ("epoch", "top1", "final_top1", "ratio")} for pk in v["picks"]],
                           "method": _cell_method(by_id.get(cell.run, [])), **_diag_means(v["diag"]),
                           "delta_paper": None if mean is None or cell.paper is None else mean - cell.paper})
@@ -217,14 +217,16 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
             "rows": rows, "notes": table.notes, "header": {**header, "overrides": list(sets or [])}}
 
 
-def _run_epoch(cell, scale: Scale, picks: list[dict]) -> Optional[int]:
+def _run_epoch(cell, scale: Scale, picks: list[dict], runs: list[PlannedRun]) -> Optional[int]:
     """The teacher epoch a cell reads: the scaled epoch, or the strength pick (the latest over
     seeds; each seed's own is in `picks`)."""
     if not cell.epoch:
         return None
     if picks:
         return max(pk["epoch"] for pk in picks)
-    return None if scale.pt_teachers == "strength" and cell.ratio is not None else scale_epoch(cell.epoch, scale.epoch_factor)
+    if scale.pt_teachers == "strength" and cell.ratio is not None:
+        return None
+    return scale_epoch(cell.epoch, scale.factor(runs[0].recipe.model) if runs else scale.epoch_factor)
 
 
 def _shown_label(label: str, cells: dict) -> str:

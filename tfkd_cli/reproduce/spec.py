@@ -22,7 +22,8 @@ A table recipe declares
 A scale overlay (recipes/scales/<scale>.yaml) declares `epoch_factor` (epochs, milestones,
 kept epochs and teacher epochs scale in proportion), `overrides` merged into every run, and
 `per_model` overrides merged into the runs of one model after those (e.g. a narrower width
-for a model that would otherwise dominate the scale's compute), and `pt_teachers`: `epoch`
+for a model that would otherwise dominate the scale's compute; `epoch_factor` there replaces
+the scale's for that model's runs, e.g. more epochs for a model that needs them to fit), and `pt_teachers`: `epoch`
 (default; the paper scale: a De-KD teacher is its run after the table's epoch, scaled) or
 `strength` (a De-KD teacher reference takes its `ratio`; a run that keeps epoch checkpoints
 in its table, i.e. a pt-teacher source, trains the full baseline schedule and keeps every
@@ -104,6 +105,10 @@ class Scale:
     comparable_with_paper: bool = False
     data_note: Optional[str] = None
     pt_teachers: Literal["epoch", "strength"] = "epoch"  # how a De-KD teacher is chosen (module doc)
+
+    def factor(self, model: str) -> float:
+        """The epoch factor of `model`'s runs: its per_model one, else the scale's."""
+        return self.per_model.get(canonical_name(model), {}).get("epoch_factor", self.epoch_factor)
 
 
 TABLE_KEYS = {"table", "title", "source", "status", "dataset", "columns", "rows", "runs", "run_defaults",
@@ -232,6 +237,9 @@ def load_scale(name: str) -> Scale:
             raise TfkdError(f"{path}: per_model: {e}") from None
         if not isinstance(over, dict):
             raise TfkdError(f"{path}: per_model.{name} must be a mapping of recipe fields, got {over!r}")
+        f = over.get("epoch_factor")
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or f <= 0):
+            raise TfkdError(f"{path}: per_model.{name}.epoch_factor must be a number > 0, got {f!r}")
         per_model[key] = over
     s.per_model = per_model
     return s
