@@ -157,7 +157,9 @@ def runner_options(f):
     opts = [
         click.option("--runs-dir", default="runs/reproduce", show_default=True, type=click.Path(file_okay=False),
                      help="Where run directories live (content-addressed, shared by reproduce and sweep)."),
-        click.option("--jobs", type=int, default=1, show_default=True, help="Independent runs at once."),
+        click.option("--jobs", type=int, default=None,
+                     help="Independent runs at once (default: on the CPU one per core, one thread each; "
+                          "one per --devices entry; 1 on a GPU)."),
         click.option("--devices", default=None, help="Comma-separated devices for --jobs, e.g. cuda:0,cuda:1."),
         click.option("--report-only", is_flag=True, help="Write the table from finished runs; train nothing."),
         click.option("--retry-failed", is_flag=True, help="Run failed runs again."),

@@ -33,7 +33,7 @@ from tfkd_cli.errors import TfkdError
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
 @executor_options
 def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: Optional[str], rerun: bool, out: Optional[str],
-              runs_dir: str, teachers: Optional[str], only: tuple, jobs: int, devices: Optional[str], dry_run: bool,
+              runs_dir: str, teachers: Optional[str], only: tuple, jobs: Optional[int], devices: Optional[str], dry_run: bool,
               report_only: bool, retry_failed: bool, no_controls: bool, list_: bool, **placement: Any) -> None:
     """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
 
@@ -41,7 +41,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: Optional[str
     Examples:
       tfkd reproduce --list
       tfkd reproduce table3 --scale smoke --rerun     # train the 23 runs again, compare with the committed table
-      tfkd reproduce table3 --scale mini --seeds 0,1 --jobs 2   # tiny100-32; --seeds 2 later, on any machine
+      tfkd reproduce table3 --scale mini --seeds 0,1        # tiny100-32; --seeds 2 later, on any machine
       tfkd reproduce table3 --teachers pretrained_teacher_models/   # authors' teachers
       tfkd reproduce tfkd-reg-cifar100 --scale my_scale.yaml --set data.dataset=cifar10 --set data.root=DIR
       tfkd reproduce table3 --executor slurm --cluster cluster.yaml   # one Slurm job per run
@@ -54,7 +54,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: Optional[str
         return
     if not table:
         raise TfkdError("name a table (tfkd reproduce --list shows them)")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise TfkdError(f"--jobs must be >= 1, got {jobs}")
     api.reproduce(table, scale=scale, seeds=parse_seeds(seeds) if seeds is not None else None, out=out,
                   runs_dir=runs_dir, teachers=teachers,

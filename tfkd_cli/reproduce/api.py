@@ -9,10 +9,10 @@ from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce import records, report
 from tfkd_cli.reproduce.controls import add_controls
-from tfkd_cli.reproduce.cost import estimate_seconds
+from tfkd_cli.reproduce.cost import Calibration, committed_records, estimate_seconds, wall_seconds
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
 from tfkd_cli.reproduce.executors import EXECUTORS, LocalOptions
-from tfkd_cli.reproduce.runner import status_of, weights_needed
+from tfkd_cli.reproduce.runner import default_jobs, status_of, weights_needed
 from tfkd_cli.reproduce.spec import index, load_scale, load_table
 
 
@@ -29,21 +29,25 @@ def list_tables() -> str:
     return tabulate(rows, headers=["table", "aliases", "paper numbers", "cells with paper value", "rows", "runs", "title"])
 
 
-def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
+def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
+                calibration: Optional[Calibration] = None) -> str:
     from tabulate import tabulate
 
     by_key = {(p.id, p.seed): p for p in plan}
     again = {q.dir for q in weights_needed(plan)}
-    lines, total = [], 0.0
+    cal = calibration if calibration is not None and not device.startswith("cuda") else Calibration({})
+    lines, work, used = [], [], set()
     for p in unique_runs(plan):
         st = "again (weights)" if p.dir in again else status_of(p) or "pending"
         if st == "finished" and p.record is not None and not rundir.is_finished(p.dir):
             st = "finished (record)"
         r = p.recipe
         teacher = by_key[p.deps[0]].recipe if p.deps else None
-        secs = 0.0 if p.external else estimate_seconds(r, device, teacher)
-        if st in ("pending", "again (weights)"):
-            total += secs
+        factor, basis = cal.ratio(r)
+        used.add(basis)
+        secs = 0.0 if p.external else estimate_seconds(r, device, teacher) * factor
+        todo = st in ("pending", "again (weights)")
+        work.append((p.name, secs if todo else 0.0, [by_key[d].name for d in p.deps]))
         at = f"@ep{r.teacher.epoch}" if r.teacher.epoch else f"@ratio={r.teacher.ratio:g}" if r.teacher.ratio else ""
         dep = ", ".join(f"{by_key[d].id}{at}" for d in p.deps)
         what = f"{r.model} x{r.width:g} {r.method}"
@@ -51,8 +55,14 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu") -> str:
         lines.append([p.name, what, r.train.epochs, r.train.batch_size, f"{r.lr:g}", dep or "-",
                       "release " + str(p.release) if p.external else st, _hms(secs)])
     head = tabulate(lines, headers=["run", "what", "epochs", "batch", "lr", "needs", "status", "est. time"])
-    return f"{head}\n\n{len(lines)} runs; estimated time for pending runs on {device}: {_hms(total)} " \
-           "(rough: per-image times measured per model, see tfkd_cli/reproduce/cost.py)"
+    total = sum(w[1] for w in work)
+    how = "per-image times measured per model (tfkd_cli/reproduce/cost.py)"
+    if cal.records and not device.startswith("cuda"):
+        how += (f", scaled by the measured times of {cal.records} committed run records "
+                f"(matched by {', '.join(sorted(used))}); machines differ up to 3x")
+    return (f"{head}\n\n{len(lines)} runs; estimated time for pending runs on {device}: "
+            f"{_hms(wall_seconds(work, jobs))} wall as {jobs} worker{'s' if jobs > 1 else ''} "
+            f"({_hms(total)} of run time; {how})")
 
 
 _SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m", "label_weight": "w"}  # shown in the plan
@@ -73,7 +83,7 @@ def _hms(s: float) -> str:
 
 def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = None, out: Optional[str] = None,
               runs_dir: str = "runs/reproduce", teachers: Optional[str] = None, only: Optional[set] = None,
-              jobs: int = 1, devices: Optional[list[str]] = None, dry_run: bool = False,
+              jobs: Optional[int] = None, devices: Optional[list[str]] = None, dry_run: bool = False,
               report_only: bool = False, retry_failed: bool = False, sets: tuple = (), controls: bool = True,
               rerun: bool = False, executor: str = "local", executor_options: Optional[object] = None,
               status: bool = False, command: Optional[str] = None,
@@ -112,11 +122,12 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
         if p.external and not p.release.is_dir():
             raise TfkdError(f"--teachers: {p.release} not found (run {p.id} of {table.table} uses it)")
     device = (devices or ["cuda" if _cuda() else "cpu"])[0]
+    jobs = jobs or default_jobs(devices)
     if dry_run:
         echo(f"{table.table} at scale {sc.scale}, seeds {asked}, runs in {Path(runs_dir).resolve()}"
              + (f", records in {records.folder(out_dir)}" if not rerun else ", records ignored (--rerun)")
              + (f", --set {' '.join(sets)}" if sets else ""))
-        echo(format_plan(plan, device))
+        echo(format_plan(plan, device, jobs, Calibration.from_records(committed_records())))
         return None
     if status:
         from tfkd_cli.reproduce.slurm import status_table

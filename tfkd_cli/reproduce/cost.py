@@ -10,12 +10,22 @@ back to a fixed overhead plus FLOPs / a typical rate.
 CUDA: FLOPs / achieved rate measured on one H100 with bf16 autocast (benchmarks/README.md).
 The teacher-logit cache is not modelled: a teacher's forward is counted for every student,
 so runs that share a teacher cost less than estimated.
+
+These per-image figures were taken at batch 128 on a quiet machine; real runs (batch 32, two
+runs side by side, start-up, data loading) take 2-3x longer. So `Calibration` scales each
+estimate by the measured / estimated ratio of the finished runs whose records are committed
+(results/*/*/runs/*: recipe.yaml and summary.json's run_time_s): the median over records of the
+same model and dataset, else of the same model, else of all records. `wall_seconds` then places
+the runs on `jobs` workers in plan order, a student after its teacher, as the local runner does.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional
+import json
+import statistics
+from pathlib import Path
+from typing import Iterable, Optional
 
 import torch
 
@@ -91,3 +101,64 @@ def estimate_seconds(r: Recipe, device: str = "cpu", teacher: Optional[Recipe] =
         tw = r.teacher.width or (teacher.width if teacher else r.width)
         per_epoch += n_train * _seconds_per_image(device, "infer", tm, tw, classes, side)
     return per_epoch * r.train.epochs
+
+
+class Calibration:
+    """Measured / estimated run-time ratios of committed run records (module doc)."""
+
+    def __init__(self, ratios: dict[tuple[str, str], list[float]]):
+        self.ratios = ratios
+        self.records = sum(len(v) for v in ratios.values())
+
+    @classmethod
+    def from_records(cls, summaries: Iterable[Path]) -> "Calibration":
+        from tfkd_cli.recipe import from_dict, read_yaml
+
+        ratios: dict[tuple[str, str], list[float]] = {}
+        for f in summaries:
+            try:
+                s = json.loads(f.read_text())
+                r = from_dict(read_yaml(f.parent / "recipe.yaml"), str(f.parent))
+                if s.get("device") != "cpu" or not s.get("run_time_s"):
+                    continue
+                t = s.get("teacher") or {}
+                teacher = Recipe(model=t["model"], width=t.get("width") or 1.0) if t.get("model") else None
+                est = estimate_seconds(r, "cpu", teacher)
+            except Exception:  # a record from older code, or of a model this code lacks: not a timing
+                continue
+            if est > 0:
+                ratios.setdefault((canonical_name(r.model), r.data.dataset), []).append(s["run_time_s"] / est)
+        return cls(ratios)
+
+    def ratio(self, r: Recipe) -> tuple[float, str]:
+        """The factor for recipe `r`'s estimate, and what it was measured on."""
+        model = canonical_name(r.model)
+        for label, keep in (("model and dataset", lambda k: k == (model, r.data.dataset)),
+                            ("model", lambda k: k[0] == model), ("all", lambda k: True)):
+            vals = [v for k, vs in self.ratios.items() if keep(k) for v in vs]
+            if vals:
+                return statistics.median(vals), label
+        return 1.0, "none"
+
+
+def committed_records(root: Path = Path("results")) -> list[Path]:
+    """Every committed run record's summary.json under `root` (results/<table>/<scale>/runs/*)."""
+    return sorted(root.glob("*/*/runs/*/summary.json"))
+
+
+def wall_seconds(runs: list[tuple[str, float, list[str]]], jobs: int) -> float:
+    """Wall time of (name, seconds, names it needs) on `jobs` workers: a free worker takes the
+    first run in list order whose teachers are done, as the local runner does (module doc)."""
+    free = [0.0] * max(1, jobs)
+    done: dict[str, float] = {}  # name -> when it finishes
+    pending = list(runs)
+    while pending:
+        i = min(range(len(free)), key=free.__getitem__)
+        # each run whose teachers are placed, with the time they are all done
+        cands = [(max([done[n] for n in needs], default=0.0), k)
+                 for k, (_, _, needs) in enumerate(pending) if all(n in done for n in needs)]
+        now = [k for t, k in cands if t <= free[i]]
+        k, start = (now[0], free[i]) if now else (min(cands)[1], min(cands)[0])
+        name, secs, _ = pending.pop(k)
+        free[i] = done[name] = start + secs
+    return max(free)

@@ -99,6 +99,27 @@ def _run_inline(p: PlannedRun, log: Callable[[str], None]) -> str:
     return FINISHED
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. under Slurm or taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs(devices: Optional[list[str]] = None) -> int:
+    """Runs at once when --jobs is not given: one per device named; one on a GPU; on the CPU one
+    run per core, each with one thread. Measured (benchmarks/threads.py, 2-core AMD EPYC VM,
+    four digits runs): one-thread runs side by side finished 1.31x sooner than two-thread runs
+    one at a time when quiet, and 2.13x sooner beside one busy process, since a two-thread run
+    stalls whenever the scheduler takes one of its threads away."""
+    if devices:
+        return len(devices)
+    import torch
+
+    return 1 if torch.cuda.is_available() else usable_cores()
+
+
 def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[str]] = None,
              retry_failed: bool = False, log: Callable[[str], None] = print,
              poll: float = 0.5, on_finished: Optional[Callable[[PlannedRun], None]] = None) -> dict[Path, str]:
@@ -118,6 +139,9 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
         if st:
             sched.state[p.dir] = st
     sched.todo = [p for p in runs if p.dir not in sched.state]
+    if 0 < len(sched.todo) < jobs:  # fewer runs than workers: give each run more threads
+        jobs = len(sched.todo)
+        sched.jobs, sched.threads = jobs, (max(1, usable_cores() // jobs) if jobs > 1 else 0)
     log(f"{len(runs)} runs: {len(runs) - len(sched.todo)} already done, {len(sched.todo)} to run (jobs={jobs})")
     if jobs == 1:  # import the engine before any lock check, not between a check and train's lock
         from tfkd_cli import engine  # noqa: F401  (seconds on first import: a wide race window)
@@ -150,7 +174,7 @@ class _Scheduler:
         self.by_key = {(p.id, p.seed): p for p in plan}
         self.jobs, self.devices, self.log = jobs, devices, log
         self.on_finished = on_finished or (lambda p: None)
-        self.threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+        self.threads = max(1, usable_cores() // jobs) if jobs > 1 else 0
         self.state: dict[Path, str] = {}
         self.todo: list[PlannedRun] = []
         self.active: list[Job] = []

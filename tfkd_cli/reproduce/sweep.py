@@ -199,18 +199,19 @@ def default_name(base: Recipe, axes: list[Axis]) -> str:
 
 
 def sweep(base: Recipe, grid: typing.Iterable[str], *, seeds: int = 1, name: Optional[str] = None,
-          out: Optional[str] = None, runs_dir: str = "runs/reproduce", jobs: int = 1,
+          out: Optional[str] = None, runs_dir: str = "runs/reproduce", jobs: Optional[int] = None,
           devices: Optional[list[str]] = None, dry_run: bool = False, report_only: bool = False,
           retry_failed: bool = False, log: Callable[[str], None] = print,
           echo: Callable[[str], None] = print) -> Optional[dict]:
     from tfkd_cli.reproduce import sweep_report
     from tfkd_cli.reproduce.api import format_plan
-    from tfkd_cli.reproduce.runner import run_plan
+    from tfkd_cli.reproduce.runner import default_jobs, run_plan
 
     if seeds < 1:
         raise TfkdError(f"--seeds must be >= 1, got {seeds}")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise TfkdError(f"--jobs must be >= 1, got {jobs}")
+    jobs = jobs or default_jobs(devices)
     axes = parse_grid(grid)
     name = name or default_name(base, axes)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -220,7 +221,9 @@ def sweep(base: Recipe, grid: typing.Iterable[str], *, seeds: int = 1, name: Opt
     plan = [r for p in points for r in p.runs]
     if dry_run:
         echo(f"sweep {name}: {len(points)} points x {len(seed_list)} seeds, runs in {Path(runs_dir).resolve()}")
-        echo(format_plan(plan, (devices or ["cpu"])[0]))
+        from tfkd_cli.reproduce.cost import Calibration, committed_records
+
+        echo(format_plan(plan, (devices or ["cpu"])[0], jobs, Calibration.from_records(committed_records())))
         return None
     if not report_only:
         check_data(points)
