@@ -165,23 +165,23 @@ def _values(rid):
 
 
 def test_report_verdicts_and_controls(tmp_path):
-    from tfkd_cli.reproduce import report
+    from tfkd_cli.reproduce import render, report
     from tfkd_cli.reproduce.compare import tally
 
     res = _fake_results(tmp_path, _values)
-    claims = {r["label"]: r["claims"][0] for r in res["rows"]}
-    outcomes = [cl["verdict"] for cl in claims.values()]
+    claims = {r.label: r.claims[0] for r in res.rows}
+    outcomes = [cl.verdict for cl in claims.values()]
     # the starved run's controls trained (60-70% train): no, the teacher stopped it (docs/verdicts.md)
     assert outcomes.count("no") == 1 and outcomes.count("yes") == len(outcomes) - 1
-    bad = next(cl for cl in claims.values() if cl["verdict"] == "no")
-    assert bad["reason"].startswith("dekd did not train: train top-1 12.00 < 2x chance (20.00)")
-    assert bad["reason"].endswith("both its controls trained, so the teacher stopped it")
+    bad = next(cl for cl in claims.values() if cl.verdict == "no")
+    assert bad.reason.startswith("dekd did not train: train top-1 12.00 < 2x chance (20.00)")
+    assert bad.reason.endswith("both its controls trained, so the teacher stopped it")
     # beats its controls: +5 over the uniform teacher, +15 over ce x (1-a), 2 seeds, std 0.07
-    good = [cl for cl in claims.values() if cl["verdict"] == "yes"]
-    assert all(cl["controls_verdict"] == "yes" for cl in good)
-    assert bad["controls_verdict"] == "inconclusive" and "did not train" in bad["controls_reason"]
+    good = [cl for cl in claims.values() if cl.verdict == "yes"]
+    assert all(cl.controls_verdict == "yes" for cl in good)
+    assert bad.controls_verdict == "inconclusive" and "did not train" in bad.controls_reason
     assert tally(list(claims.values())) == f"{len(good)} yes, 1 no, 0 inconclusive, 0 n/a"
-    md = report.to_markdown(res)
+    md = render.to_markdown(res)
     assert "De-KD [uniform teacher] (ours)" in md and "De-KD [ce x (1-a)] (ours)" in md
     assert "De-KD improved the student: beats its controls?" in md
     assert "no (dekd did not train" in md and "docs/verdicts.md" in md
@@ -197,10 +197,10 @@ def test_a_control_within_noise_means_no(tmp_path):
         return _values(rid) if rid != "mv2_from_r18pt" else (45.0, 75.0, 0.25)
 
     res = _fake_results(tmp_path, values)
-    for r in res["rows"]:
-        cl = r["claims"][0]
-        assert cl["verdict"] == "yes"
-        assert cl["controls_verdict"] == "no" and "over uniform teacher" in cl["controls_reason"]
+    for r in res.rows:
+        cl = r.claims[0]
+        assert cl.verdict == "yes"
+        assert cl.controls_verdict == "no" and "over uniform teacher" in cl.controls_reason
 
 
 def test_compare_counts_the_three_outcomes(tmp_path):

@@ -1,9 +1,8 @@
 """table.png (reproduce/figures.py): what the gain panel draws, read off the matplotlib artists
-of `build_figure` before anything is saved. Fixtures: hand-built results dicts shaped like
-`report.build_results`, numbers from the committed smoke table (results/table3/smoke)."""
+of `build_figure` before anything is saved. Fixtures: hand-built table.json dicts read through
+`Results.from_dict` (the schema), numbers from the committed smoke table (results/table3/smoke)."""
 
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import matplotlib
 import pytest
 from matplotlib.container import BarContainer
 
+from tfkd_cli.reproduce import results as R
 from tfkd_cli.reproduce.figures import CONTROL, OURS, PAPER, build_figure, gain_figure, partial_note
 
 matplotlib.use("Agg")
@@ -34,10 +34,10 @@ def row(label, verdict, student, dekd, uniform=None, ce=None, paper_gain=2.0):
 
 def results(rows, seeds=(0,), finished=3, total=3, comparable=False):
     keys = ("student", "dekd", "dekd~uniform", "dekd~ce")
-    return {"table": "table3", "columns": [{"key": k, "title": k} for k in keys],
-            "rows": rows, "header": {"scale": "smoke", "dataset": "digits", "seeds": list(seeds),
-                                     "comparable_with_paper": comparable, "runs_finished": finished,
-                                     "runs_total": total}}
+    return R.Results.from_dict({"table": "table3", "columns": [{"key": k, "title": k} for k in keys],
+                                "rows": rows, "header": {"scale": "smoke", "dataset": "digits", "seeds": list(seeds),
+                                                         "comparable_with_paper": comparable,
+                                                         "runs_finished": finished, "runs_total": total}})
 
 
 # ResNet18 -> MobileNetV2 (controls starved: inconclusive), ResNet50 -> ResNet18 (no), one yes
@@ -124,8 +124,8 @@ def test_comparable_scale_adds_the_absolute_panel(figure):
 def test_committed_smoke_table_renders(tmp_path, figure):
     """The committed table.json (read only): one hatched group per inconclusive claim, and the
     PNG written elsewhere."""
-    res = json.loads((Path(__file__).parents[1] / "results/table3/smoke/table.json").read_text())
-    verdicts = [cl["verdict"] for r in res["rows"] for cl in r["claims"]]
+    res = R.read(Path(__file__).parents[1] / "results/table3/smoke/table.json")
+    verdicts = [cl.verdict for cl in res.claims()]
     bars, ax = gain_bars(figure(res))
     assert [bool(p.get_hatch()) for p in bars[OURS].patches] == [v == "inconclusive" for v in verdicts]
     assert len([t for t in ax.texts if t.get_text() == "inconclusive"]) == verdicts.count("inconclusive")

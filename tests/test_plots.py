@@ -117,16 +117,21 @@ def test_band_is_mean_and_std_over_seeds(runs):
 
 def test_table_curves(runs, tmp_path):
     """One panel per row; a cell read at an epoch (De-KD teacher) stops there; released files are skipped."""
-    res = {"table": "t", "header": {"scale": "tiny"},
-           "columns": [{"key": "teacher", "title": "Pt-Teacher"}, {"key": "student", "title": "Student"}],
-           "rows": [{"label": "row A", "cells": {
-               "teacher": {"name": "ResNet18", "runs": [str(runs / "r18")], "run_epoch": 1},
-               "student": {"runs": [str(runs / "r18"), str(runs / "mv2")], "run_epoch": None}}},
-               {"label": "row B", "cells": {"teacher": {"runs": [str(tmp_path / "base_resnet18")]}}}]}
+    from dataclasses import replace
+
+    from tfkd_cli.reproduce.results import Results
+
+    table = {"table": "t", "header": {"scale": "tiny"},
+             "columns": [{"key": "teacher", "title": "Pt-Teacher"}, {"key": "student", "title": "Student"}],
+             "rows": [{"label": "row A", "cells": {
+                 "teacher": {"name": "ResNet18", "runs": [str(runs / "r18")], "run_epoch": 1},
+                 "student": {"runs": [str(runs / "r18"), str(runs / "mv2")], "run_epoch": None}}},
+                 {"label": "row B", "cells": {"teacher": {"runs": [str(tmp_path / "base_resnet18")]}}}]}
+    res = Results.from_dict(table)  # a table.json of older code: no schema field
     out = tmp_path / "curves.png"
     assert plots.table_curves(res, out) and out.read_bytes().startswith(PNG)
-    cut = plots._cell_curves(res["rows"][0]["cells"]["teacher"])
+    cut = plots._cell_curves(res.rows[0].cells["teacher"])
     assert [c.epochs for c in cut] == [[1]] and cut[0].columns["test_top1"] == _metric(runs / "r18", "test_top1")[:1]
-    assert plots._cell_curves(res["rows"][1]["cells"]["teacher"]) == []
-    empty = {**res, "rows": res["rows"][1:]}
+    assert plots._cell_curves(res.rows[1].cells["teacher"]) == []
+    empty = replace(res, rows=res.rows[1:])
     assert not plots.table_curves(empty, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -17,7 +17,7 @@ from tfkd_cli.cli import cli
 from tfkd_cli.data.registry import DATASETS
 from tfkd_cli.losses import METHODS, PARAMS, build_loss
 from tfkd_cli.recipe import LossCfg, Recipe, from_dict, recipes_dir, resolve_run
-from tfkd_cli.reproduce import api, cost, report
+from tfkd_cli.reproduce import api, cost, render, report
 from tfkd_cli.reproduce.plan import build_plan
 from tfkd_cli.reproduce.runner import status_of
 from tfkd_cli.reproduce.spec import load_scale, load_table
@@ -130,8 +130,8 @@ def test_reproduce_scale_file_and_set(tmp_path):
     assert {(p.recipe.data.dataset, p.recipe.data.root, p.recipe.width) for p in plan if p.recipe.model != "resnet50"
             and p.recipe.model != "resnext29_8x64d" and p.recipe.model != "googlenet"} == {("cifar10", str(tmp_path), 0.125)}
     res = report.build_results(load_table("tfkd-reg-cifar100"), sc, plan, [0], sets=list(sets))
-    assert res["header"]["overrides"] == list(sets)
-    assert f"--set, every run): data.dataset=cifar10, data.root={tmp_path}" in report.to_markdown(res)
+    assert res.header.overrides == list(sets)
+    assert f"--set, every run): data.dataset=cifar10, data.root={tmp_path}" in render.to_markdown(res)
 
     out = CliRunner().invoke(cli, ["reproduce", "tfkd-reg-cifar100", "--scale", str(scale), "--dry-run",
                                    "--runs-dir", str(tmp_path / "runs"), "--set", "data.dataset=cifar10"])

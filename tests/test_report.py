@@ -3,10 +3,11 @@
 import math
 
 from tfkd_cli.reproduce.report import _noise
+from tfkd_cli.reproduce.results import Cell, Row
 
 
 def cell(mean, std, n):
-    return {"mean": mean, "std": std, "n": n}
+    return Cell(mean=mean, std=std, n=n)
 
 
 def test_gain_beyond_two_standard_errors_is_clear():
@@ -42,10 +43,11 @@ def test_git_commit_is_read_once_per_process(monkeypatch):
 
 def test_row_label_shows_the_epoch_the_scale_used():
     """Issue #22: the smoke table's ResNet50 pt-teacher trained 1 epoch, not the paper's 51."""
-    from tfkd_cli.reproduce.report import _shown_label, row_label
+    from tfkd_cli.reproduce.render import row_label
+    from tfkd_cli.reproduce.report import _shown_label
 
-    cells = {"teacher": {"epoch": 51, "run_epoch": 1}, "student": {"epoch": None}}
+    cells = {"teacher": Cell(epoch=51, run_epoch=1), "student": Cell(epoch=None)}
     assert _shown_label("ResNet50 (51 ep) -> ResNet18", cells) == "ResNet50 (1 ep) -> ResNet18"
-    assert _shown_label("ResNet50 (51 ep) -> ResNet18", {"teacher": {"epoch": 51, "run_epoch": 51}}) == \
+    assert _shown_label("ResNet50 (51 ep) -> ResNet18", {"teacher": Cell(epoch=51, run_epoch=51)}) == \
         "ResNet50 (51 ep) -> ResNet18"  # the paper scale
-    assert row_label({"label": "old table row"}) == "old table row"  # tables written before `shown`
+    assert row_label(Row.from_dict({"label": "old table row"})) == "old table row"  # tables written before `shown`

@@ -144,7 +144,7 @@ def test_val_split_too_large_for_a_run_is_one_line(tmp_path):
 
 
 def test_results_cell_shows_val_selected_beside_official(tmp_path):
-    from tfkd_cli.reproduce import report
+    from tfkd_cli.reproduce import render, report
     from tfkd_cli.reproduce.plan import PlannedRun
     from tfkd_cli.reproduce.spec import Cell, Column, Row, Scale, Table
 
@@ -161,8 +161,8 @@ def test_results_cell_shows_val_selected_beside_official(tmp_path):
     table = Table(table="t", title="toy", source="none", status="partial", dataset="digits",
                   columns=[Column("a", "A")], rows=[Row("row", {"a": Cell(run="r", paper=71.0)})], runs={"r": {}})
     res = report.build_results(table, Scale("tiny", "toy"), runs, [0, 1])
-    cell = res["rows"][0]["cells"]["a"]
-    assert cell["mean"] == 71.0 and cell["selected_mean"] == 67.0 and cell["n_selected"] == 2
-    assert cell["delta_paper"] == 0.0  # paper comparisons keep the official number
-    md = report.to_markdown(res)
+    cell = res.rows[0].cells["a"]
+    assert cell.mean == 71.0 and cell.selected_mean == 67.0 and cell.n_selected == 2
+    assert cell.delta_paper == 0.0  # paper comparisons keep the official number
+    md = render.to_markdown(res)
     assert "71.00±1.41 (n=2); val-sel 67.00±1.41" in md and "- headline: the official number" in md

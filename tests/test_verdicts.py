@@ -1,15 +1,18 @@
 """Verdicts on fixtures: cells copied from the committed mini/smoke tables (results/*/table.json,
 per-cell mean, std, n, last-epoch test and final train top-1) plus hand-made controls."""
 
+from dataclasses import replace
+
 import pytest
 
 from tfkd_cli.reproduce.report import _noise
+from tfkd_cli.reproduce.results import Cell
 from tfkd_cli.reproduce.verdicts import (Thresholds, Verdict, beats_controls, claim_verdict, claim_verdicts, criteria,
                                          fit_gap, inconclusive_reason, not_trained, two_se)
 
 
 def cell(mean, std=0.5, n=2, train=None, last=None):
-    return {"mean": mean, "std": std, "n": n, "train_top1_mean": train, "last_mean": last}
+    return Cell(mean=mean, std=std, n=n, train_top1_mean=train, last_mean=last)
 
 
 # results/archive/table3-mini-v2 and tfkd-reg-cifar100-mini-v2 (tiny100-32, K=100: chance 1%)
@@ -99,14 +102,14 @@ def test_thresholds_and_unknowns():
     assert "3x chance (30.00)" in not_trained(SMOKE_R18_DEKD, "dekd", 10.0, th=strict)
     assert "< 12 points" in inconclusive_reason(R18_DEKD, R18_BASE, R18_BASE, chance=1.0, regularisation=True, th=strict)
     assert claim_verdict("improves", cell(None), R18_BASE, R18_BASE, chance=1.0, regularisation=True) == Verdict("n/a")
-    assert fit_gap({"train_top1_mean": 9.0, "mean": 5.0}) == 4.0  # falls back to the reported top-1
+    assert fit_gap(Cell(train_top1_mean=9.0, mean=5.0)) == 4.0  # falls back to the reported top-1
 
 
 @pytest.mark.parametrize("a,b", [(cell(10.0, 0.4), cell(9.0, 0.3)), (cell(10.0, 1.0, n=3), cell(9.5, 0.2, n=2)),
                                  (cell(10.0, 0.0, n=1), cell(9.0, 0.3))])
 def test_two_se_is_report_noise(a, b):
     """One noise definition: `two_se` says clear exactly when report._noise does."""
-    gain = a["mean"] - b["mean"]
+    gain = a.mean - b.mean
     noise = two_se(a, b)
     want = _noise(gain, a, b)
     if noise is None:
@@ -183,8 +186,8 @@ def test_table_claim_uses_both_controls_of_its_row():
     from tfkd_cli.reproduce.spec import Claim
 
     claim = Claim(text="De-KD improved the student", column="dekd", baseline="student", kind="improves")
-    row = {"student": {**SMOKE2_R18_BASE, "method": "ce"}, "dekd": {**SMOKE2_R18_DEKD, "method": "kd"},
-           "dekd~uniform": {**SMOKE2_R18_UNIFORM, "method": "kd"}, "dekd~ce": {**SMOKE2_R18_CE, "method": "ce"}}
+    row = {"student": replace(SMOKE2_R18_BASE, method="ce"), "dekd": replace(SMOKE2_R18_DEKD, method="kd"),
+           "dekd~uniform": replace(SMOKE2_R18_UNIFORM, method="kd"), "dekd~ce": replace(SMOKE2_R18_CE, method="ce")}
     verdict, beats = claim_verdicts(claim, row, [claim], chance=10.0)
     assert verdict.outcome == "no" and "the teacher stopped it" in verdict.reason
     assert beats.outcome == "inconclusive"  # "beats its controls?" keeps its own rule

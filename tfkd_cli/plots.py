@@ -12,11 +12,14 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from tfkd_cli import rundir
 from tfkd_cli.checkpoint import atomic_write
 from tfkd_cli.errors import TfkdError
+
+if TYPE_CHECKING:
+    from tfkd_cli.reproduce.results import Cell, Results
 
 DEFAULT_METRICS = ("test_top1", "train_top1", "train_loss", "lr", "teacher_share", "val_top1")
 TITLES = {
@@ -184,18 +187,18 @@ def band(runs: list[Curves], metric: str = "test_top1") -> tuple[list[int], list
     return epochs, mean, std
 
 
-def _cell_curves(cell: dict, roots: tuple[Path, ...] = (Path("."),)) -> list[Curves]:
+def _cell_curves(cell: Cell, roots: tuple[Path, ...] = (Path("."),)) -> list[Curves]:
     """The finished runs of a table cell (named by their directory, as results record them, and
     found in the first of `roots` that holds them: a runs folder, or a table's records);
     a cell read at an epoch (De-KD teachers) stops there."""
     out = []
-    for d in cell.get("runs") or []:
+    for d in cell.runs:
         # an absolute path (older tables) stays as it is
         run = next((r / d for r in roots if (r / d / rundir.METRICS).is_file()), None)
         if run is None:  # the authors' released file: no curve
             continue
         c = load_curves(run)
-        stop = cell.get("run_epoch")
+        stop = cell.run_epoch
         if stop:
             keep = [i for i, e in enumerate(c.epochs) if e <= stop]
             c = Curves(c.name, c.path, [c.epochs[i] for i in keep],
@@ -204,20 +207,20 @@ def _cell_curves(cell: dict, roots: tuple[Path, ...] = (Path("."),)) -> list[Cur
     return out
 
 
-def table_curves(res: dict, out: Path, roots: tuple[Path, ...] = (Path("."),)) -> bool:
+def table_curves(res: Results, out: Path, roots: tuple[Path, ...] = (Path("."),)) -> bool:
     """curves.png of a results table: test top-1 per epoch of every cell, mean ± std over
     seeds, one panel per row. Returns False (and writes nothing) when no cell has a run."""
-    titles = {c["key"]: c["title"] for c in res["columns"]}
+    titles = {c.key: c.title for c in res.columns}
     panels = []
-    for r in res["rows"]:
+    for r in res.rows:
         lines = []
-        for key, cell in r["cells"].items():
+        for key, cell in r.cells.items():
             curves = _cell_curves(cell, roots)
             if curves:
-                label = titles.get(key, key) + (f" ({cell['name']})" if cell.get("name") else "")
+                label = titles.get(key, key) + (f" ({cell.name})" if cell.name else "")
                 lines.append((label + f", n={len(curves)}", band(curves)))
         if lines:
-            panels.append((r.get("shown") or r["label"], lines))
+            panels.append((r.shown or r.label, lines))
     if not panels:
         return False
     plt, fig, axes = _grid(len(panels))
@@ -230,8 +233,7 @@ def table_curves(res: dict, out: Path, roots: tuple[Path, ...] = (Path("."),)) -
         ax.set_ylabel("test top-1 (%)", fontsize=8)
         _epoch_axis(ax, max(e for _, (epochs, _m, _s) in lines for e in epochs))
         ax.legend(fontsize=6)
-    h = res.get("header") or {}
-    fig.suptitle(f"{res['table']} at scale {h.get('scale')}: test top-1 per epoch, mean ± std over seeds",
+    fig.suptitle(f"{res.table} at scale {res.header.scale}: test top-1 per epoch, mean ± std over seeds",
                  fontsize=10)
     _save(plt, fig, out)
     return True

@@ -7,10 +7,11 @@ from typing import Callable, Optional
 
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.reproduce import records, report
+from tfkd_cli.reproduce import records, render, report
 from tfkd_cli.reproduce.controls import add_controls
 from tfkd_cli.reproduce.cost import Calibration, committed_records, estimate_seconds, wall_seconds
 from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
+from tfkd_cli.reproduce.results import Results
 from tfkd_cli.reproduce.executors import EXECUTORS, LocalOptions
 from tfkd_cli.reproduce.runner import default_jobs, status_of, weights_needed
 from tfkd_cli.reproduce.spec import index, load_scale, load_table
@@ -87,7 +88,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
               report_only: bool = False, retry_failed: bool = False, sets: tuple = (), controls: bool = True,
               rerun: bool = False, executor: str = "local", executor_options: Optional[object] = None,
               status: bool = False, command: Optional[str] = None,
-              log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[dict]:
+              log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[Results]:
     """Plan, run and report a table. `seeds` are the seeds to run (default [0]); the table reports
     those and every seed already recorded in its results folder (a table built in slices).
     Finished runs' records count as finished unless `rerun`, which trains every run again and
@@ -142,7 +143,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
     res = report.build_results(table, sc, report_plan, shown, sets=list(sets))
     before = report.read_table(reference if rerun else out_dir)
     files = report.write(res, out_dir, (Path(runs_dir).resolve(), *where, records.folder(out_dir).resolve()))
-    echo(report.to_markdown(res))
+    echo(render.to_markdown(res))
     log("wrote " + ", ".join(str(f) for f in files))
     if before is not None:
         what = "the committed table " + str(reference / "table.json") if rerun else "the table it replaced"

@@ -9,22 +9,20 @@ from typing import Callable, Optional
 from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.reproduce import records
-from tfkd_cli.reproduce.report import controls_text, noise_note, row_label, verdict_text
+from tfkd_cli.reproduce import results as R
+from tfkd_cli.reproduce.render import controls_text, noise_note, row_label, verdict_text
 
 
 def _kind(p: Path) -> str:
-    if (p / "table.json").is_file():
+    if (p / R.FILE).is_file():
         return "results"
     if (p / rundir.SUMMARY).is_file():
         return "run"
     raise TfkdError(f"{p}: neither a results folder (table.json) nor a run directory (summary.json)")
 
 
-def _load_results(p: Path) -> dict:
-    try:
-        return json.loads((p / "table.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise TfkdError(f"cannot read {p / 'table.json'}: {e}") from None
+def _load_results(p: Path) -> R.Results:
+    return R.read(p / R.FILE)
 
 
 def compare(paths: list[str], *, fmt: str = "rich", tolerance: float = 2.0,
@@ -52,7 +50,7 @@ def claim_counts(paths: list[str]) -> Optional[str]:
     p = Path(paths[-1])
     if _kind(p) == "run":
         return None
-    return tally([cl for r in _load_results(p)["rows"] for cl in r["claims"]])
+    return tally(_load_results(p).claims())
 
 
 def _emit(headers: list[str], rows: list[list], flags: list[bool], fmt: str, title: str,
@@ -88,10 +86,10 @@ def _emit(headers: list[str], rows: list[list], flags: list[bool], fmt: str, tit
         console.print(n)
 
 
-def _verdict_text(cl: dict) -> str:
+def _verdict_text(cl: R.Claim) -> str:
     """yes / no / inconclusive (<reason>), with the noise qualifier when the difference is not
     clear of seed noise, and the "beats its controls?" verdict where the claim has controls."""
-    note = noise_note(cl) if cl["verdict"] in ("yes", "no") else None
+    note = noise_note(cl) if cl.verdict in ("yes", "no") else None
     ctrl = controls_text(cl)
     return verdict_text(cl) + (f" ({note})" if note else "") + (f"; beats its controls: {ctrl}" if ctrl else "")
 
@@ -99,14 +97,15 @@ def _verdict_text(cl: dict) -> str:
 OUTCOMES = ("yes", "no", "inconclusive", "n/a")
 
 
-def tally(claims: list[dict], key: str = "verdict") -> str:
-    """How many claims came out yes, no, inconclusive and n/a (each counted apart)."""
-    n = {o: sum(cl.get(key) == o for cl in claims) for o in OUTCOMES}
+def tally(claims: list[R.Claim], key: str = "verdict") -> str:
+    """How many claims came out yes, no, inconclusive and n/a (each counted apart); `key`: the
+    Claim field that holds the outcome."""
+    n = {o: sum(getattr(cl, key) == o for cl in claims) for o in OUTCOMES}
     return ", ".join(f"{n[o]} {o}" for o in OUTCOMES)
 
 
-def _tally_note(claims: list[dict], what: str = "claims") -> str:
-    ctrl = [cl for cl in claims if cl.get("controls_verdict")]
+def _tally_note(claims: list[R.Claim], what: str = "claims") -> str:
+    ctrl = [cl for cl in claims if cl.controls_verdict]
     return f"{what}: {tally(claims)}" + (f"; beats its controls: {tally(ctrl, 'controls_verdict')}" if ctrl else "")
 
 
@@ -116,9 +115,9 @@ def _f(x: Optional[float], sign: bool = False) -> str:
     return f"{x:+.2f}" if sign else f"{x:.2f}"
 
 
-def records_note(folder: Path, res: dict) -> str:
+def records_note(folder: Path, res: R.Results) -> str:
     """Whether the run records behind a results folder are all there (reproduce/records.py)."""
-    named = {d for r in res["rows"] for c in r["cells"].values() for d in c.get("runs") or []
+    named = {d for r in res.rows for c in r.cells.values() for d in c.runs
              if not Path(d).is_absolute() and "/" not in d}  # release files are paths, runs are names
     held = {d.name for d in records.folder(folder).glob("*") if records.find(d.name, [records.folder(folder)])}
     if not held:
@@ -129,57 +128,57 @@ def records_note(folder: Path, res: dict) -> str:
     return f"records: {len(held)} runs; {len(lacking)} run(s) the table names have none: {', '.join(lacking)}"
 
 
-def _vs_paper(res: dict, fmt: str, tol: float, echo: Callable[[str], None], records_line: str = "") -> int:
-    h = res["header"]
+def _vs_paper(res: R.Results, fmt: str, tol: float, echo: Callable[[str], None], records_line: str = "") -> int:
+    h = res.header
     headers = ["row", "cell", "paper", "ours", "n", "delta", "claim", "verdict", "paper verdict"]
     rows, flags, failed = [], [], 0
-    for r in res["rows"]:
-        claims: dict[str, list] = {}
-        for c in r["claims"]:  # a cell may carry several claims (Tf-KD_reg: improves, matches KD)
-            claims.setdefault(c["column"], []).append(c)
-        for key, c in r["cells"].items():
+    for r in res.rows:
+        claims: dict[str, list[R.Claim]] = {}
+        for cl in r.claims:  # a cell may carry several claims (Tf-KD_reg: improves, matches KD)
+            claims.setdefault(cl.column, []).append(cl)
+        for key, c in r.cells.items():
             cls = claims.get(key, [])
-            ours = None if c.get("mean") is None else f"{c['mean']:.2f}±{(c.get('std') or 0):.2f}"
-            delta = c.get("delta_paper")
-            bad = sum(cl["verdict"] == "no" for cl in cls)
+            ours = None if c.mean is None else f"{c.mean:.2f}±{(c.std or 0):.2f}"
+            delta = c.delta_paper
+            bad = sum(cl.verdict == "no" for cl in cls)
             failed += bad
-            far = delta is not None and abs(delta) > tol and h.get("comparable_with_paper")
-            rows.append([row_label(r), c.get("name") or key, _f(c.get("paper")), ours or "n/a", c.get("n", 0),
-                         _f(delta, True), "; ".join(cl["text"] for cl in cls),
-                         "; ".join(_verdict_text(cl) for cl in cls), "; ".join(cl["paper_verdict"] for cl in cls)])
+            far = delta is not None and abs(delta) > tol and h.comparable_with_paper
+            rows.append([row_label(r), c.name or key, _f(c.paper), ours or "n/a", c.n or 0,
+                         _f(delta, True), "; ".join(cl.text for cl in cls),
+                         "; ".join(_verdict_text(cl) for cl in cls), "; ".join(cl.paper_verdict for cl in cls)])
             flags.append(bool(bad) or far)
-    note = (f"scale {h['scale']} on {h['dataset']}, seeds {h['seeds']}; "
-            + ("comparable with the paper" if h["comparable_with_paper"] else
+    note = (f"scale {h.scale} on {h.dataset}, seeds {h.seeds}; "
+            + ("comparable with the paper" if h.comparable_with_paper else
                "NOT comparable with the paper (reduced protocol): compare claims, not numbers"))
-    _emit(headers, rows, flags, fmt, f"{res['table']}: {res['title']}", echo,
-          [note, _tally_note([cl for r in res["rows"] for cl in r["claims"]]),
+    _emit(headers, rows, flags, fmt, f"{res.table}: {res.title}", echo,
+          [note, _tally_note(res.claims()),
            f"highlighted: a claim that does not hold, or |delta| > {tol} at a comparable scale",
            *([records_line] if records_line else [])])
     return failed
 
 
-def _two_results(a: dict, b: dict, na: str, nb: str, fmt: str, tol: float, echo: Callable[[str], None]) -> int:
-    if a["table"] != b["table"]:
-        raise TfkdError(f"different tables: {a['table']} vs {b['table']}")
-    brows = {r["label"]: r for r in b["rows"]}
-    headers = ["row", "cell", "paper", f"A ({a['header']['scale']})", f"B ({b['header']['scale']})", "B - A",
+def _two_results(a: R.Results, b: R.Results, na: str, nb: str, fmt: str, tol: float,
+                 echo: Callable[[str], None]) -> int:
+    if a.table != b.table:
+        raise TfkdError(f"different tables: {a.table} vs {b.table}")
+    brows = {r.label: r for r in b.rows}
+    headers = ["row", "cell", "paper", f"A ({a.header.scale})", f"B ({b.header.scale})", "B - A",
                "verdict A", "verdict B"]
     rows, flags, failed = [], [], 0
-    for r in a["rows"]:
-        rb = brows.get(r["label"])
-        ca = {c["column"]: c for c in r["claims"]}
-        cb = {c["column"]: c for c in rb["claims"]} if rb else {}
-        for key, c in r["cells"].items():
-            d = (rb or {}).get("cells", {}).get(key, {})
-            ma, mb = c.get("mean"), d.get("mean")
+    for r in a.rows:
+        rb = brows.get(r.label)
+        ca = {cl.column: cl for cl in r.claims}
+        cb = {cl.column: cl for cl in rb.claims} if rb else {}
+        for key, c in r.cells.items():
+            d = rb.cells.get(key) if rb else None
+            ma, mb = c.mean, (d.mean if d else None)
             diff = None if ma is None or mb is None else mb - ma
-            va, vb = (ca.get(key) or {}).get("verdict", ""), (cb.get(key) or {}).get("verdict", "")
+            va, vb = (ca[key].verdict if key in ca else ""), (cb[key].verdict if key in cb else "")
             failed += vb == "no"
-            rows.append([r["label"], c.get("name") or key, _f(c.get("paper")), _f(ma), _f(mb), _f(diff, True), va, vb])
+            rows.append([r.label, c.name or key, _f(c.paper), _f(ma), _f(mb), _f(diff, True), va, vb])
             flags.append((diff is not None and abs(diff) > tol) or va != vb)
-    _emit(headers, rows, flags, fmt, f"{a['table']}: A = {na}, B = {nb}", echo,
-          [_tally_note([cl for r in a["rows"] for cl in r["claims"]], "claims A"),
-           _tally_note([cl for r in b["rows"] for cl in r["claims"]], "claims B"),
+    _emit(headers, rows, flags, fmt, f"{a.table}: A = {na}, B = {nb}", echo,
+          [_tally_note(a.claims(), "claims A"), _tally_note(b.claims(), "claims B"),
            f"highlighted: |B - A| > {tol} or verdicts that differ"])
     return failed
 

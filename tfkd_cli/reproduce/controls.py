@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from tfkd_cli.losses import METHODS, uniform_methods
 from tfkd_cli.recipe import pick
 from tfkd_cli.reproduce.spec import Cell, Column, Row, Table
+
+if TYPE_CHECKING:
+    from tfkd_cli.reproduce import results
 
 KINDS = {"uniform": "uniform teacher", "ce": "ce x (1-a)"}  # column suffix -> name in verdicts
 
@@ -76,6 +80,6 @@ def add_controls(table: Table) -> Table:
     return replace(table, runs=runs, rows=rows, columns=columns)
 
 
-def controls_of(cells: dict, column: str) -> dict[str, dict]:
+def controls_of(cells: dict[str, results.Cell], column: str) -> dict[str, results.Cell]:
     """The result cells of a column's controls in one row: name -> cell (empty when none)."""
     return {name: cells[control_key(column, k)] for k, name in KINDS.items() if control_key(column, k) in cells}

@@ -5,8 +5,8 @@ Inconclusive claims are drawn hatched and grey and labelled "inconclusive": a ru
 train gives a large negative gain that must not read as a large failure. A partial table (runs
 unfinished, or cells with fewer seeds than the table's) says "PARTIAL" in its title.
 
-The results dict (`report.build_results`) is read only by the small helpers under "reading the
-results", so that a typed results object changes them alone.
+The results (`results.Results`, from `report.build_results` or table.json) are read only by the
+small helpers under "reading the results".
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Optional
 
 from tfkd_cli.checkpoint import atomic_write
 from tfkd_cli.reproduce.controls import KINDS, controls_of
+from tfkd_cli.reproduce.results import Cell, Results
 
 PAPER, OURS = "paper", "tfkd (mean ± std)"
 CONTROL = {name: f"{name} control" for name in KINDS.values()}  # control name -> its series
@@ -43,56 +44,54 @@ def _nan(x: Optional[float]) -> float:
     return math.nan if x is None else x
 
 
-def _gain_of(a: dict, b: dict) -> tuple[float, float]:
+def _gain_of(a: Cell, b: Cell) -> tuple[float, float]:
     """a mean - b mean, ± sqrt(std_a^2 + std_b^2) (the spread of one seed's gain)."""
-    if a.get("mean") is None or b.get("mean") is None:
+    if a.mean is None or b.mean is None:
         return math.nan, 0.0
-    return a["mean"] - b["mean"], math.hypot(a.get("std") or 0.0, b.get("std") or 0.0)
+    return a.mean - b.mean, math.hypot(a.std or 0.0, b.std or 0.0)
 
 
-def claim_bars(res: dict) -> list[ClaimBars]:
+def claim_bars(res: Results) -> list[ClaimBars]:
     """Every claim of the table, row by row. A control's gain is its mean minus the claim's
     compared cell (the same baseline as the treated run's gain), as the verdict compares them."""
     out = []
-    for r in res["rows"]:
-        for cl in r["claims"]:
-            a, b = r["cells"][cl["column"]], r["cells"][cl["baseline"]]
+    for r in res.rows:
+        for cl in r.claims:
+            a, b = r.cells[cl.column], r.cells[cl.baseline]
             ours, err = _gain_of(a, b)
-            ctrl = {name: _gain_of(c, b) for name, c in controls_of(r["cells"], cl["column"]).items()}
-            out.append(ClaimBars(f"{r.get('shown') or r['label']}\n{cl['text']}: {cl['verdict']}", cl["verdict"],
-                                 _nan(cl.get("paper_gain")), _nan(cl.get("gain")), err if cl.get("gain") is not None
-                                 else 0.0, ctrl))
+            ctrl = {name: _gain_of(c, b) for name, c in controls_of(r.cells, cl.column).items()}
+            out.append(ClaimBars(f"{r.shown or r.label}\n{cl.text}: {cl.verdict}", cl.verdict,
+                                 _nan(cl.paper_gain), _nan(cl.gain), err if cl.gain is not None else 0.0, ctrl))
     return out
 
 
-def cells_plotted(res: dict) -> list[tuple[str, dict]]:
+def cells_plotted(res: Results) -> list[tuple[str, Cell]]:
     """(row + column title, cell) of every cell with a run."""
-    titles = {c["key"]: c["title"] for c in res["columns"]}
-    return [(f"{r.get('shown') or r['label']}\n{titles[key]}", c) for r in res["rows"] for key, c in r["cells"].items()
-            if c.get("run")]
+    titles = {c.key: c.title for c in res.columns}
+    return [(f"{r.shown or r.label}\n{titles[key]}", c) for r in res.rows for key, c in r.cells.items() if c.run]
 
 
-def partial_note(res: dict) -> Optional[str]:
+def partial_note(res: Results) -> Optional[str]:
     """Why the table is partial (unfinished runs, cells with fewer seeds than the header's), else None."""
-    h = res["header"]
-    if h["runs_finished"] < h["runs_total"]:
-        return f"PARTIAL: {h['runs_finished']}/{h['runs_total']} runs finished"
-    seeds = len(h["seeds"])
-    short = sum(1 for _, c in cells_plotted(res) if (c.get("n") or 0) < seeds)
+    h = res.header
+    if h.runs_finished < h.runs_total:
+        return f"PARTIAL: {h.runs_finished}/{h.runs_total} runs finished"
+    seeds = len(h.seeds)
+    short = sum(1 for _, c in cells_plotted(res) if (c.n or 0) < seeds)
     return f"PARTIAL: {short} cell(s) with fewer than {seeds} seeds" if short else None
 
 
-def title(res: dict) -> str:
-    h = res["header"]
-    text = f"{res['table']} at scale {h['scale']} on {h['dataset']} (seeds {len(h['seeds'])})"
-    text += "" if h["comparable_with_paper"] else " - not comparable with the paper: gains only"
+def title(res: Results) -> str:
+    h = res.header
+    text = f"{res.table} at scale {h.scale} on {h.dataset} (seeds {len(h.seeds)})"
+    text += "" if h.comparable_with_paper else " - not comparable with the paper: gains only"
     note = partial_note(res)
     return text + (f"\n{note}" if note else "")
 
 
 # -- drawing ------------------------------------------------------------------------------
 
-def gain_figure(res: dict, path: Path) -> None:
+def gain_figure(res: Results, path: Path) -> None:
     """Draw `build_figure(res)` to `path` (atomically)."""
     import matplotlib.pyplot as plt
 
@@ -103,7 +102,7 @@ def gain_figure(res: dict, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def build_figure(res: dict):
+def build_figure(res: Results):
     """The figure of table.png: each claim's gain; at a scale comparable with the paper also
     the absolute accuracies, in a first panel. Absolute numbers of a reduced protocol cannot be
     compared with the paper's, so they are not drawn there. The caller closes it."""
@@ -112,7 +111,7 @@ def build_figure(res: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    both = res["header"]["comparable_with_paper"]
+    both = res.header.comparable_with_paper
     claims = claim_bars(res)
     per_bar = 0.55 if not any(c.controls for c in claims) else 0.9  # a claim with controls has 4 bars
     n = max(len(cells_plotted(res)) * 0.55 if both else 0, len(claims) * per_bar, 1)
@@ -140,10 +139,10 @@ def _bars(ax, labels: list[str], series: dict[str, tuple[list[float], list[float
     return out
 
 
-def _absolute_panel(ax, cells: list[tuple[str, dict]]) -> None:
+def _absolute_panel(ax, cells: list[tuple[str, Cell]]) -> None:
     _bars(ax, [label for label, _ in cells], {
-        PAPER: ([_nan(c.get("paper")) for _, c in cells], [0.0] * len(cells)),
-        OURS: ([_nan(c.get("mean")) for _, c in cells], [c.get("std") or 0.0 for _, c in cells])},
+        PAPER: ([_nan(c.paper) for _, c in cells], [0.0] * len(cells)),
+        OURS: ([_nan(c.mean) for _, c in cells], [c.std or 0.0 for _, c in cells])},
         "top-1 test accuracy (%)")
     ax.legend(fontsize=8)
 

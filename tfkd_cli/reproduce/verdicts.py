@@ -1,7 +1,7 @@
 """Claim verdicts that say when a claim was not tested: `yes`, `no` or `inconclusive (<reason>)`.
 
-Pure functions of results-table cells (the dicts `report.build_results` makes: mean, std, n,
-last_mean, train_top1_mean, all top-1 in %). The thresholds and the data behind them are in
+Pure functions of results-table cells (`results.Cell`: mean, std, n, last_mean,
+train_top1_mean, method, all top-1 in %). The thresholds and the data behind them are in
 docs/verdicts.md. A claim is inconclusive when
 
 * a run it compares did not train: its final train top-1 is below `chance_multiple` x chance,
@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from tfkd_cli.reproduce.controls import KINDS, controls_of
+
+if TYPE_CHECKING:
+    from tfkd_cli.reproduce.results import Cell
 
 Outcome = Literal["yes", "no", "inconclusive", "n/a"]
 
@@ -53,31 +56,31 @@ def _f(x: float) -> str:
     return f"{x:.2f}"
 
 
-def not_trained(cell: dict, name: str, chance: float, baseline: Optional[dict] = None,
+def not_trained(cell: Cell, name: str, chance: float, baseline: Optional[Cell] = None,
                 th: Thresholds = DEFAULT) -> Optional[str]:
     """Why `cell` did not train, or None when it did (or its train top-1 is unknown: nothing
     to judge by). `chance` is 100/K %; `baseline` the row's CE baseline cell (None for itself)."""
-    train = cell.get("train_top1_mean")
+    train = cell.train_top1_mean
     if train is None:
         return None
     floor = th.chance_multiple * chance
     if train < floor:
         return f"{name} did not train: train top-1 {_f(train)} < {th.chance_multiple:g}x chance ({_f(floor)})"
-    ref = None if baseline is None else baseline.get("train_top1_mean")
+    ref = None if baseline is None else baseline.train_top1_mean
     if ref is not None and train < th.baseline_fraction * ref:
         return (f"{name} did not train: train top-1 {_f(train)} < {th.baseline_fraction:g}x "
                 f"the baseline's ({_f(ref)})")
     return None
 
 
-def fit_gap(baseline: dict) -> Optional[float]:
+def fit_gap(baseline: Cell) -> Optional[float]:
     """Final train top-1 minus last-epoch test top-1 (reported top-1 when last is unknown)."""
-    train = baseline.get("train_top1_mean")
-    test = baseline.get("last_mean") if baseline.get("last_mean") is not None else baseline.get("mean")
+    train = baseline.train_top1_mean
+    test = baseline.last_mean if baseline.last_mean is not None else baseline.mean
     return None if train is None or test is None else train - test
 
 
-def inconclusive_reason(treated: dict, compared: dict, baseline: dict, *, chance: float,
+def inconclusive_reason(treated: Cell, compared: Cell, baseline: Cell, *, chance: float,
                         regularisation: bool, names: tuple[str, str] = ("treated", "baseline"),
                         th: Thresholds = DEFAULT) -> Optional[str]:
     """The first reason a claim `treated` vs `compared` was not tested, else None.
@@ -94,7 +97,7 @@ def inconclusive_reason(treated: dict, compared: dict, baseline: dict, *, chance
     return None
 
 
-def stopped_by_teacher(treated: dict, compared: dict, baseline: dict, controls: dict[str, dict], *,
+def stopped_by_teacher(treated: Cell, compared: Cell, baseline: Cell, controls: dict[str, Cell], *,
                        chance: float, name: str = "treated", th: Thresholds = DEFAULT) -> Optional[str]:
     """Why the treated run's failure to train is the teacher's doing, else None: the baseline
     and the compared run trained, the treated run did not, and every control (`controls`, both
@@ -109,14 +112,14 @@ def stopped_by_teacher(treated: dict, compared: dict, baseline: dict, controls: 
     return f"{why}; both its controls trained, so the teacher stopped it"
 
 
-def claim_verdict(kind: str, treated: dict, compared: dict, baseline: dict, *, chance: float,
+def claim_verdict(kind: str, treated: Cell, compared: Cell, baseline: Cell, *, chance: float,
                   regularisation: bool, tolerance: float = 0.0, names: tuple[str, str] = ("treated", "baseline"),
-                  controls: Optional[dict[str, dict]] = None, th: Thresholds = DEFAULT) -> Verdict:
+                  controls: Optional[dict[str, Cell]] = None, th: Thresholds = DEFAULT) -> Verdict:
     """`improves`: treated mean > compared mean; `matches`: >= compared - tolerance; unless
     the claim was not tested (see `inconclusive_reason`). `controls` (name -> cell, both of
     the treated column's) turn a treated run that did not train into `no` when they trained
     (`stopped_by_teacher`); this comes before the fit-gap rule: a collapse is not a missed gain."""
-    x, y = treated.get("mean"), compared.get("mean")
+    x, y = treated.mean, compared.mean
     if x is None or y is None:
         return Verdict("n/a")
     ok = x >= y - tolerance if kind == "matches" else x > y
@@ -132,15 +135,15 @@ def claim_verdict(kind: str, treated: dict, compared: dict, baseline: dict, *, c
     return Verdict("yes" if ok else "no")
 
 
-def two_se(a: dict, b: dict) -> Optional[float]:
+def two_se(a: Cell, b: Cell) -> Optional[float]:
     """2 x sqrt(std_a^2/n_a + std_b^2/n_b), as `report._noise`; None with fewer than 2 seeds."""
-    na, nb = a.get("n") or 0, b.get("n") or 0
+    na, nb = a.n or 0, b.n or 0
     if na < 2 or nb < 2:
         return None
-    return 2 * math.sqrt(a["std"] ** 2 / na + b["std"] ** 2 / nb)
+    return 2 * math.sqrt(a.std ** 2 / na + b.std ** 2 / nb)
 
 
-def beats_controls(treated: dict, controls: dict[str, dict], baseline: dict, *, chance: float,
+def beats_controls(treated: Cell, controls: dict[str, Cell], baseline: Cell, *, chance: float,
                    th: Thresholds = DEFAULT) -> Verdict:
     """Is the treated cell's gain attributable to the teacher (or the virtual teacher's shape)?
 
@@ -148,7 +151,7 @@ def beats_controls(treated: dict, controls: dict[str, dict], baseline: dict, *, 
     cell, e.g. {"uniform teacher": ..., "ce x (1-a)": ...}); no: some control is within noise
     of it or above it; inconclusive: a control is missing, has one seed, or the treated run did
     not train. A control that did not train still counts: beating it is the teacher's doing."""
-    if treated.get("mean") is None:
+    if treated.mean is None:
         return Verdict("n/a")
     why = not_trained(baseline, "baseline", chance, None, th) or not_trained(treated, "treated", chance, baseline, th)
     if why:
@@ -157,12 +160,12 @@ def beats_controls(treated: dict, controls: dict[str, dict], baseline: dict, *, 
         return Verdict("inconclusive", "no controls")
     worst: Optional[str] = None
     for name, c in controls.items():
-        if c.get("mean") is None:
+        if c.mean is None:
             return Verdict("inconclusive", f"control {name} not run")
         noise = two_se(treated, c)
         if noise is None:
             return Verdict("inconclusive", f"1 seed: the noise against {name} is unknown")
-        margin = treated["mean"] - c["mean"]
+        margin = treated.mean - c.mean
         if margin <= noise:
             worst = worst or (f"{margin:+.2f} over {name}" + (", within noise" if margin > -noise else ""))
     return Verdict("no", worst) if worst else Verdict("yes")
@@ -173,27 +176,27 @@ def beats_controls(treated: dict, controls: dict[str, dict], baseline: dict, *, 
 REGULARISERS = ("kd", "kd_self", "tfkd_reg", "lsr")
 
 
-def baseline_cell(claim, cells: dict, claims: list) -> dict:
+def baseline_cell(claim, cells: dict[str, Cell], claims: list) -> Cell:
     """The row's CE baseline of a claim: its compared cell if that is a ce run, else the ce
     cell another claim on the same treated column compares with (else any claim's)."""
     compared = cells[claim.baseline]
-    if compared.get("method") == "ce":
+    if compared.method == "ce":
         return compared
     for same_column in (True, False):
         for other in claims:
             c = cells.get(other.baseline)
-            if c is not None and c.get("method") == "ce" and (other.column == claim.column or not same_column):
+            if c is not None and c.method == "ce" and (other.column == claim.column or not same_column):
                 return c
     return compared
 
 
-def claim_verdicts(claim, cells: dict, claims: list, *, chance: float,
+def claim_verdicts(claim, cells: dict[str, Cell], claims: list, *, chance: float,
                    th: Thresholds = DEFAULT) -> tuple[Verdict, Optional[Verdict]]:
     """A table claim's verdict and, where its treated column has controls in the row, whether
     it beats them (`controls.add_controls`); `cells` are one row's result cells."""
     a, b = cells[claim.column], cells[claim.baseline]
     base = baseline_cell(claim, cells, claims)
-    reg = claim.kind == "improves" and a.get("method") in REGULARISERS and b.get("method") == "ce"
+    reg = claim.kind == "improves" and a.method in REGULARISERS and b.method == "ce"
     ctrl = controls_of(cells, claim.column)
     both = ctrl if len(ctrl) == len(KINDS) else None  # the rule needs both controls
     verdict = claim_verdict(claim.kind, a, b, base, chance=chance, regularisation=reg, tolerance=claim.tolerance,
