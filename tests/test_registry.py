@@ -29,10 +29,16 @@ V1_RUN = "mobilenetv2_ce_s0_73571c3c3f"
 # -- the method registry ---------------------------------------------------------------
 
 def test_losscfg_is_the_registry_parameters():
+    """One LossCfg field per parameter; its default is the one every method reading it agrees
+    on, else None, and a recipe of each method resolves to that method's own default."""
     assert [f.name for f in dataclasses.fields(LossCfg)] == list(PARAMS)
     for name, m in METHODS.items():
+        loss = from_dict({"method": name, "teacher": {"path": "t"} if m.needs_teacher else {}}).loss
         for k, default in m.defaults.items():
-            assert getattr(LossCfg(), k) == default, (name, k)
+            agreed = {o.defaults[k] for o in METHODS.values() if k in o.defaults}
+            assert getattr(LossCfg(), k) == (default if len(agreed) == 1 else None), (name, k)
+            assert getattr(loss, k) == default, (name, k)
+    assert METHODS["tfkd_reg"].defaults["multiplier"] == 100.0  # official base_resnet18, not kd's 1
 
 
 def test_identity_holds_only_the_parameters_the_method_reads():

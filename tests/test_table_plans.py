@@ -357,24 +357,28 @@ def test_scale_paper_unscaled(plans, tid):
 
 @pytest.mark.parametrize("tid", CIFAR_TABLES)
 def test_scale_mini(plans, tid):
+    # mini v3 (recipes/scales/mini.yaml): 50 per class, batch 32, per-model widths and epochs
     table, plan = plans[(tid, "mini")]
+    scale = load_scale("mini")
     for p in plan:
         r = p.recipe
-        narrow = {"resnet50": 0.125, "resnext29_8x64d": 0.0625, "googlenet": 0.0625}
+        narrow = {"resnet18": 0.125, "resnet50": 0.125, "resnext29_8x64d": 0.0625, "googlenet": 0.0625}
         assert r.width == narrow.get(r.model, 0.25)
-        assert r.data.dataset == "cifar-layout" and r.data.per_class == 20
+        assert r.data.dataset == "cifar-layout" and r.data.per_class == 50
         assert r.train.batch_size == 32 and r.runtime.channels_last
+        f = {"mobilenetv2": 0.3, "shufflenetv2": 0.25, "resnet50": 0.1, "resnext29_8x64d": 0.1}.get(r.model, 0.15)
+        assert scale.factor(r.model) == f
         if (table.runs[p.id].get("train") or {}).get("epochs") is None:
-            assert r.train.epochs == 30
-            assert r.optim.milestones == [9, 18, 24]
+            assert r.train.epochs == round(200 * f)
+            assert r.optim.milestones == [round(m * f) for m in (60, 120, 160)]
 
 
 def test_scale_mini_table3_pt_teachers(plans):
     # pt_teachers: strength (issue 22): the teacher runs train the whole scaled baseline schedule,
     # keep every epoch, and each student names the paper's ratio, not an epoch
     _, plan = plans[("table3", "mini")]
-    assert _run(plan, "resnet50_pt").recipe.train.epochs == 30
-    assert _run(plan, "resnet50_pt").recipe.train.keep_epochs == list(range(1, 31))
+    assert _run(plan, "resnet50_pt").recipe.train.epochs == 20  # its own factor, 0.1
+    assert _run(plan, "resnet50_pt").recipe.train.keep_epochs == list(range(1, 21))
     assert _run(plan, "resnet18").recipe.train.keep_epochs == list(range(1, 31))
     assert _run(plan, "mv2_from_r50pt").recipe.teacher.epoch is None
     assert _run(plan, "mv2_from_r50pt").recipe.teacher.ratio == 0.59

@@ -30,7 +30,10 @@ from typing import Any, Optional
 VERSION = 2
 # The loss parameters identity 1 held; a run that sets any other away from its default cannot
 # be a version-1 run.
-_V1_LOSS = ("alpha", "temperature", "multiplier", "correct_prob", "epsilon", "semantics")
+# With the values a run that left them unset held then (later per-method defaults leave a
+# parameter that the run's method does not read at None).
+_V1_LOSS = {"alpha": 0.9, "temperature": 20.0, "multiplier": 1.0, "correct_prob": 0.99, "epsilon": 0.1,
+            "semantics": "official"}
 # Fields added after runs existed: left out at their defaults, so those runs keep their names.
 _DATA_DEFAULTS = {"image_size": None, "mean": None, "std": None, "memory_mb": 2048}
 _FILES = ("checkpoint_every", "keep_epochs")  # which files a run writes, not its numbers
@@ -75,7 +78,7 @@ def legacy(recipe) -> Optional[dict]:
     if recipe.teacher.uniform or recipe.teacher.ratio is not None or any(v != defaults[k] for k, v in loss.items() if k not in _V1_LOSS):
         return None
     d = _base(recipe)
-    d["loss"] = {k: loss[k] for k in _V1_LOSS}
+    d["loss"] = {k: v if loss[k] is None else loss[k] for k, v in _V1_LOSS.items()}
     return d
 
 

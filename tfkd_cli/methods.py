@@ -6,11 +6,10 @@ parameters it reads with the recipe's defaults. The recipe schema (LossCfg), the
 the CLI help, the cost model and the diagnostics all read `METHODS`.
 
 `build_loss(name, **params)` is the recipe's loss builder: unset parameters take the record's
-`defaults`, which are tfkd's recipe defaults, kept because every run that left them unset is
-identified (hashed) with them. They are not all an official setting: for tfkd_reg (alpha 0.9,
-T 20, multiplier 1) no official config uses them, so set them (the official ResNet18 recipe is
-alpha 0.1, T 20, multiplier 100). Library code should use the `tfkd_cli.losses` modules, which
-take no such defaults.
+`defaults`, each an official setting: kd and kd_self alpha 0.9, T 20 (kd_experiments/
+cnn_distill), tfkd_reg alpha 0.1, T 20, multiplier 100 (base_experiments/base_resnet18), lsr
+epsilon 0.1. A run's identity holds the resolved values, so changing a default never renames a
+finished run. Library code may also use the `tfkd_cli.losses` modules, which take no defaults.
 """
 
 from __future__ import annotations
@@ -56,8 +55,11 @@ METHODS: dict[str, Method] = {
                  "knowledge distillation from a teacher (normal KD, Re-KD, De-KD)", True),
     "kd_self": Method(L.kd_self, dg.kd_grads, L.KDSelf, True, dict(_KD),
                       "Tf-KD_self: KD from a pre-trained copy of the model", True),
-    # alpha 0.9 like every other method: the value every tfkd_reg run without an explicit alpha has used
-    "tfkd_reg": Method(L.tfkd_reg, dg.tfkd_reg_grads, L.TfKDReg, False, {**_KD, "correct_prob": 0.99},
+    # the official ResNet18 setting (base_experiments/base_resnet18: reg_alpha 0.1, reg_temperature
+    # 20, multiplier 100), so a run that sets nothing is the paper's Tf-KD_reg ResNet18
+    "tfkd_reg": Method(L.tfkd_reg, dg.tfkd_reg_grads, L.TfKDReg, False,
+                       {"alpha": 0.1, "temperature": 20.0, "multiplier": 100.0, "semantics": "official",
+                        "correct_prob": 0.99},
                        "Tf-KD_reg: KD from a virtual teacher", True),
     "lsr": Method(L.lsr, dg.lsr_grads, L.LSR, False, {"epsilon": 0.1, "semantics": "official"},
                   "label smoothing regularization"),
