@@ -291,7 +291,7 @@ class EpochLoop:
         """Per-epoch files, after the epoch's checkpoints (every rank; `row` is None off rank 0)."""
         if self.dd.main:
             rundir.write_metrics(self.out, self.state.history)
-            _append_timings(self.out, timing)
+            rundir.append_timings(self.out, timing)
             rundir.write_summary(self.out, {**self.base_summary, **self.state.summary()})
 
     def _cache_epoch(self, epoch: int) -> None:
@@ -333,15 +333,6 @@ class EpochLoop:
             s.update({"status": "failed", "error": msg})
             rundir.write_summary(out, s)
         raise RunFailed(msg)
-
-
-def _append_timings(out: Path, row: dict) -> None:
-    p = out / "timings.csv"
-    new = not p.exists()
-    with open(p, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(str(v) for v in row.values()) + "\n")
 
 
 @contextlib.contextmanager
