@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 
 from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir, tracking
+from tfkd_cli import faults, rundir, tracking
 from tfkd_cli.build import Run, build_run
 from tfkd_cli.errors import Interrupted, TfkdError
 from tfkd_cli.loop import EpochLoop
@@ -95,7 +95,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     fwd = wrap(run.model, dd, device, recipe.runtime.compile)
     base_summary = _prepare_dir(recipe, run, state, out, overwrite, resume_ck is not None, dd, device) \
         if dd.main else {}
-    return EpochLoop(recipe, run, fwd, state, out, base_summary, dd, device, log).run_epochs(progress)
+    loop = EpochLoop(recipe, run, fwd, state, out, base_summary, dd, device, log, hooks=faults.from_env())
+    return loop.run_epochs(progress)
 
 
 def _restore(run: Run, ck: dict, recipe: Recipe, out: Path, dd: Dist, device: torch.device,
