@@ -194,20 +194,23 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             pr = PlannedRun(rid, seed, recipe, d, key, legacy, deps, release)
             plan.append(pr)
             by_id[(rid, seed)] = pr
-    if only:
-        keep: set[tuple[str, int]] = set()
+    return _only(plan, by_id, only) if only else plan
 
-        def need(k: tuple[str, int]) -> None:
-            if k not in keep:
-                keep.add(k)
-                for dep in by_id[k].deps:
-                    need(dep)
 
-        for p in plan:
-            if p.id in only:
-                need((p.id, p.seed))
-        plan = [p for p in plan if (p.id, p.seed) in keep]
-    return plan
+def _only(plan: list[PlannedRun], by_id: dict[tuple[str, int], PlannedRun], only: set[str]) -> list[PlannedRun]:
+    """The runs of `plan` named in `only`, with everything they need (teachers first, as planned)."""
+    keep: set[tuple[str, int]] = set()
+
+    def need(k: tuple[str, int]) -> None:
+        if k not in keep:
+            keep.add(k)
+            for dep in by_id[k].deps:
+                need(dep)
+
+    for p in plan:
+        if p.id in only:
+            need((p.id, p.seed))
+    return [p for p in plan if (p.id, p.seed) in keep]
 
 
 def unique_runs(plan: list[PlannedRun]) -> list[PlannedRun]:
