@@ -1,15 +1,20 @@
 """End to end through the CLI on `digits` (offline): train, distill (KD, De-KD), self-train,
 Tf-KD_reg, LSR, evaluate, compare; the authors' checkpoint format; safe loading."""
 
+import csv
 import json
 import pickle
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
+from tfkd_cli.checkpoint import sha256
 from tfkd_cli.cli import cli
+from tfkd_cli.methods import METHODS
 from tfkd_cli.models import build_model
+from tfkd_cli.recipe import from_dict
 
 from conftest import run_cli
 
@@ -80,12 +85,33 @@ def test_distill(teacher, tmp_path, extra):
     assert t["file"].endswith("epoch_1.pt" if extra else "best.pt")
 
 
+def assert_trained(out, method: str, loss: dict) -> dict:
+    """What a finished 1-epoch run must leave: its files and nothing else, one metrics row, a
+    summary with sane accuracies, and the loss it trained with: the recipe's `method` with the
+    parameters `loss`, whose non-label term really pulled on the logits (teacher_share > 0; 0 for ce)."""
+    assert {p.name for p in out.iterdir()} == {"recipe.yaml", "metrics.csv", "timings.csv", "last.pt",
+                                                "best.pt", "summary.json"}
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["status"], s["method"], s["epochs"], s["epochs_done"]) == ("finished", method, 1, 1)
+    for key in ("best", "last"):
+        assert s[key]["epoch"] == 1 and 0 <= s[key]["top1"] <= s[key]["top5"] <= 100
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert 0 < float(rows[0]["train_loss"]) < 100 and float(rows[0]["test_top1"]) == s["last"]["top1"]
+    recipe = from_dict(yaml.safe_load((out / "recipe.yaml").read_text()))
+    assert recipe.method == method and recipe.loss_params() == {**METHODS[method].defaults, **loss}
+    assert 0 < s["diagnostics"]["teacher_share"] < 1 and float(rows[0]["teacher_share"]) > 0
+    return s
+
+
 def test_self_train(teacher, tmp_path):
     out = tmp_path / "self"
     run("self-train", "--model", "resnet18", "--teacher", teacher, *TINY, "--out", out,
         "--set", "loss.multiplier=50", "--set", "loss.temperature=6")
     s = json.loads((out / "summary.json").read_text())
     assert s["method"] == "kd_self" and s["status"] == "finished"
+    assert_trained(out, "kd_self", {"multiplier": 50.0, "temperature": 6.0})
+    assert s["teacher"]["sha256"] == sha256(teacher / "best.pt")  # the teacher's own best epoch
 
 
 @pytest.mark.parametrize("method", ["tfkd_reg", "lsr"])
@@ -93,6 +119,8 @@ def test_teacher_free_methods(tmp_path, method):
     out = tmp_path / method
     run("train-teacher", "--method", method, *TINY, "--out", out)
     assert json.loads((out / "summary.json").read_text())["method"] == method
+    s = assert_trained(out, method, {})
+    assert s["teacher"] is None  # teacher-free: no file was read
 
 
 def test_evaluate_and_compare(teacher, tmp_path):

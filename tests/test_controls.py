@@ -220,30 +220,3 @@ def test_compare_counts_the_three_outcomes(tmp_path):
     assert "claims: 6 yes, 1 no, 1 inconclusive, 0 n/a" in r.stdout
     assert "1 claim(s) do not hold (6 yes, 1 no, 1 inconclusive, 0 n/a)" in r.stderr
     assert "inconclusive (dekd did not train" in r.stdout and "beats its controls: yes" in r.stdout
-
-
-def test_epoch_sums_keep_the_diagnostics_across_a_mid_epoch_checkpoint():
-    """The diagnostics' epoch sums go into a mid-epoch checkpoint's acc and come back bit for bit,
-    so a resumed epoch writes the same grad_label/grad_teacher/teacher_share as an uninterrupted one."""
-    from tfkd_cli.diagnostics import term_norms
-    from tfkd_cli.loop import EpochSums
-    from tfkd_cli.runtime import Dist
-    from tfkd_cli.state import State
-
-    g = torch.Generator().manual_seed(3)
-    batches = [(torch.randn(8, 10, generator=g) * 4, torch.randint(0, 10, (8,), generator=g)) for _ in range(4)]
-    norms = [term_norms("kd", z, y, uniform_teacher=True, alpha=0.95, temperature=20.0) for z, y in batches]
-    whole = EpochSums(State().acc, Dist(), torch.device("cpu"))
-    first = EpochSums(State().acc, Dist(), torch.device("cpu"))
-    for n in norms:
-        whole.diag.add(n)
-    for n in norms[:2]:
-        first.diag.add(n)
-    resumed = EpochSums(first.snapshot(), Dist(), torch.device("cpu"))
-    for n in norms[2:]:
-        resumed.diag.add(n)
-    assert resumed.totals()["diag"] == whole.totals()["diag"]
-    row = whole.totals()["diag"]
-    assert row["teacher_share"] == pytest.approx(row["grad_teacher"] / (row["grad_label"] + row["grad_teacher"]))
-    empty = EpochSums(State().acc, Dist(), torch.device("cpu")).totals()["diag"]
-    assert empty == {"grad_label": None, "grad_teacher": None, "teacher_share": None}

@@ -173,3 +173,30 @@ def test_epoch_accumulator(batch):
     assert row["grad_label"] == pytest.approx(gl) and row["grad_teacher"] == pytest.approx(gt)
     assert row["teacher_share"] == pytest.approx(gt / (gl + gt))
     assert share(0.0, 0.0) is None and math.isclose(share(1.0, 3.0), 0.75)
+
+
+def test_epoch_sums_keep_the_diagnostics_across_a_mid_epoch_checkpoint():
+    """The diagnostics' epoch sums go into a mid-epoch checkpoint's acc and come back bit for bit,
+    so a resumed epoch writes the same grad_label/grad_teacher/teacher_share as an uninterrupted one."""
+    from tfkd_cli.diagnostics import term_norms
+    from tfkd_cli.loop import EpochSums
+    from tfkd_cli.runtime import Dist
+    from tfkd_cli.state import State
+
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 10, generator=g) * 4, torch.randint(0, 10, (8,), generator=g)) for _ in range(4)]
+    norms = [term_norms("kd", z, y, uniform_teacher=True, alpha=0.95, temperature=20.0) for z, y in batches]
+    whole = EpochSums(State().acc, Dist(), torch.device("cpu"))
+    first = EpochSums(State().acc, Dist(), torch.device("cpu"))
+    for n in norms:
+        whole.diag.add(n)
+    for n in norms[:2]:
+        first.diag.add(n)
+    resumed = EpochSums(first.snapshot(), Dist(), torch.device("cpu"))
+    for n in norms[2:]:
+        resumed.diag.add(n)
+    assert resumed.totals()["diag"] == whole.totals()["diag"]
+    row = whole.totals()["diag"]
+    assert row["teacher_share"] == pytest.approx(row["grad_teacher"] / (row["grad_label"] + row["grad_teacher"]))
+    empty = EpochSums(State().acc, Dist(), torch.device("cpu")).totals()["diag"]
+    assert empty == {"grad_label": None, "grad_teacher": None, "teacher_share": None}

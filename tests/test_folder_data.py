@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,14 @@ def test_teacher_of_another_class_count_or_dataset_is_refused(folder, tmp_path):
     p = run_cli([*common, "--dataset", "folder", "--data-root", ten, "--out", tmp_path / "c", "--teacher-other-dataset"])
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_streamed_folder_starts_at_most_one_worker_per_core(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=3, per_class={"train": 4, "val": 1}, size=16)
+    data = build_data(DataSpec("folder", root, batch_size=4, workers=64, memory_mb=0))
+    assert type(data).__name__ == "FolderData"
+    assert data.workers == min(64, len(os.sched_getaffinity(0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # DataLoader's "suggested max number of worker" is a UserWarning
+        x, _ = next(iter(data.train_batches(0, 0)))
+    assert x.shape == (4, 3, 16, 16)

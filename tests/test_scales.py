@@ -70,7 +70,7 @@ def test_cpu_cost_grows_with_width_and_stays_positive(model):
 def test_estimate_counts_epochs_images_and_teacher():
     r = Recipe(model="resnet18", width=0.25)
     r.data.dataset, r.data.per_class, r.train.epochs = "cifar-layout", 20, 30
-    r.runtime.fast_eval = False  # the model's own eval forward (fast_eval: test_registry.test_cost_of_fast_eval)
+    r.runtime.fast_eval = False  # the model's own eval forward (fast_eval: test_registries.test_cost_of_fast_eval)
     per_image = cost._seconds_per_image("cpu", "train", "resnet18", 0.25, 100, 32)
     per_eval = cost._seconds_per_image("cpu", "infer", "resnet18", 0.25, 100, 32)
     assert cost.estimate_seconds(r) == pytest.approx(30 * (2000 * per_image + 5000 * per_eval))

@@ -1,9 +1,8 @@
-"""Checkpoints: atomic writes, safe reads, tfkd and official formats.
+"""Checkpoints: safe reads, tfkd and official formats.
 
 Every read goes through `torch.load(..., weights_only=True)`: a file that needs arbitrary
-unpickling (and could run code) is refused, never executed. Every write goes to a temporary
-file in the same directory, is fsynced, then renamed over the target, so a crash leaves
-either the old file or the new one, never half of one.
+unpickling (and could run code) is refused, never executed. Every write is an atomic write
+(`tfkd_cli.rundir.atomic_write`), so a crash leaves either the old file or the new one.
 
 tfkd format (a dict, written by `tfkd_cli.loop`): format="tfkd", version, arch {model,
 num_classes, width}, model (state_dict), optimizer (state_dict), epoch (completed epochs),
@@ -22,11 +21,8 @@ a dict with `state_dict`, optionally `optim_dict` and `epoch`; keys may carry th
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import pickle
 import pickletools
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -36,77 +32,10 @@ import torch
 from torch import nn
 
 from tfkd_cli.errors import TfkdError
+from tfkd_cli.rundir import atomic_write
 
 FORMAT = "tfkd"
 VERSION = 1
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None],
-                 before_replace: Optional[Callable[[], None]] = None) -> None:
-    """Write `path` via a temp file + fsync + rename; errors name the path.
-
-    The temp file (`.<name>.<random>.tmp` beside the target) gets the target's permissions,
-    or 0666 minus the umask for a new file, like a plain open(). `before_replace` is a test
-    hook called with the temp file written but not yet flushed, synced or renamed.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            mode = path.stat().st_mode & 0o7777
-        except OSError:
-            mode = 0o666 & ~_UMASK
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if before_replace is not None:
-                before_replace()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        fsync_dir(path.parent)
-    except OSError as e:
-        raise TfkdError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def is_temp_file(name: str) -> bool:
-    """A temp file left by an `atomic_write` that was killed before its rename."""
-    return name.startswith(".") and name.endswith(".tmp")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save(path: Path, obj: dict, before_replace: Optional[Callable[[], None]] = None) -> None:

@@ -70,10 +70,11 @@ def cli() -> None:
 # -- training: one recipe resolved, one run ------------------------------------------
 
 def _run_training(kw: dict, forced: dict) -> None:
+    from tfkd_cli import rundir
     from tfkd_cli.engine import train
     from tfkd_cli.recipe import dump, merge, resolve_run
 
-    saved = Path(kw["out"]) / "recipe.yaml" if kw.get("resume") and kw.get("out") else None
+    saved = Path(kw["out"]) / rundir.RECIPE if kw.get("resume") and kw.get("out") else None
     if saved is not None and saved.is_file():  # `--resume --out DIR`, as an interrupted run says
         recipe = _resume_recipe(saved, kw, forced if kw.get("method") else {})
     else:
@@ -99,6 +100,7 @@ def _leaves(d: dict, prefix: str = "") -> list[str]:
 
 def _resume_recipe(saved: Path, kw: dict, forced: dict) -> Any:
     """The run's saved recipe; what the command line gives must agree with it (runtime aside)."""
+    from tfkd_cli import rundir
     from tfkd_cli.recipe import check_layer, from_dict, load_layers, merge, parse_set, Recipe
     from tfkd_cli.recipe_check import _get
 
@@ -110,7 +112,7 @@ def _resume_recipe(saved: Path, kw: dict, forced: dict) -> Any:
         check_layer(Recipe, layer, src)
         given = merge(given, layer)
     recipe = from_dict(merge(base.to_dict(), given), "recipe")
-    last = saved.parent / "last.pt"
+    last = saved.parent / rundir.LAST
     for key in _leaves(given):
         if not key.startswith(_RESUME_FREE) and _get(recipe, key) != _get(base, key):
             what = (f"{last} was written by another recipe (hash {base.hash()} vs {recipe.hash()}): "

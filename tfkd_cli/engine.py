@@ -7,8 +7,9 @@ inference mode.
 
 A run is built by `build.build_run` (data, teacher, student, optimizer, loss), restored from
 its checkpoint when resumed, wrapped for DDP/compile (`runtime.wrap`) and trained by
-`loop.EpochLoop`. This module owns the run directory: the lock, what may be resumed or
-overwritten, and the files written before the first epoch.
+`loop.EpochLoop`. This module decides what happens to a run directory: taking its lock, what
+may be resumed or overwritten, and the files written before the first epoch; the directory's
+files themselves (names, atomic writes, the lock) belong to `tfkd_cli.rundir`.
 
 Resume is exact: a run killed at any point and resumed ends with the same weights and the same
 metrics.csv as an uninterrupted one on the CPU (see `tfkd_cli.loop`).
@@ -27,7 +28,7 @@ from typing import Callable, Optional
 import torch
 
 from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir, tracking
+from tfkd_cli import faults, rundir, tracking
 from tfkd_cli.build import Run, build_run
 from tfkd_cli.errors import Interrupted, TfkdError
 from tfkd_cli.loop import EpochLoop
@@ -67,7 +68,7 @@ def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = 
             log(f"note: took over the lock of process {stale[0]} on {stale[1]}, which is gone")
     try:
         if dd.main:
-            _remove_temp_files(out)
+            rundir.remove_temp_files(out)
             resume_ck = _check_out_dir(out, recipe, resume, overwrite)
         else:
             last = out / rundir.LAST
@@ -94,7 +95,8 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     fwd = wrap(run.model, dd, device, recipe.runtime.compile)
     base_summary = _prepare_dir(recipe, run, state, out, overwrite, resume_ck is not None, dd, device) \
         if dd.main else {}
-    return EpochLoop(recipe, run, fwd, state, out, base_summary, dd, device, log).run_epochs(progress)
+    loop = EpochLoop(recipe, run, fwd, state, out, base_summary, dd, device, log, hooks=faults.from_env())
+    return loop.run_epochs(progress)
 
 
 def _restore(run: Run, ck: dict, recipe: Recipe, out: Path, dd: Dist, device: torch.device,
@@ -127,12 +129,9 @@ def _prepare_dir(recipe: Recipe, run: Run, state: State, out: Path, overwrite: b
     """Rank 0, once everything is validated: clear an earlier run (--overwrite), write recipe.yaml,
     metrics.csv (on resume) and a running summary.json; returns the summary's fixed fields."""
     if overwrite:
-        for name in _RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for p in out.glob("epoch_*.pt"):
-            p.unlink()
+        rundir.clear(out)
     elif not resumed:
-        (out / "timings.csv").unlink(missing_ok=True)  # from an attempt that left no checkpoint
+        (out / rundir.TIMINGS).unlink(missing_ok=True)  # from an attempt that left no checkpoint
     rundir.atomic_write_text(out / rundir.RECIPE, dump(recipe))
     if state.history:  # a kill between last.pt and metrics.csv left the file one epoch behind
         rundir.write_metrics(out, state.history)
@@ -154,7 +153,7 @@ def _prepare_dir(recipe: Recipe, run: Run, state: State, out: Path, overwrite: b
     return base_summary
 
 
-# -- the run directory ---------------------------------------------------------
+# -- what an existing run directory allows -------------------------------------
 
 _RESUME_KEYS = ("model", "optimizer", "state", "rng", "recipe_hash")
 
@@ -185,18 +184,6 @@ def _check_out_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> 
         raise TfkdError(f"{last} was written by another recipe (hash {ck.get('recipe_hash')} vs "
                         f"{recipe.hash()}); resume with the same recipe, or --overwrite")
     return ck
-
-
-# What a run writes into its directory; --overwrite removes exactly these (and epoch_*.pt).
-_RUN_FILES = (rundir.RECIPE, rundir.METRICS, rundir.SUMMARY, rundir.LAST, rundir.BEST, "timings.csv")
-
-
-def _remove_temp_files(out: Path) -> None:
-    """Temp files of atomic writes that a killed process never renamed (ours only)."""
-    ours = tuple(f".{n}." for n in _RUN_FILES) + (".epoch_",)
-    for p in out.iterdir():
-        if ckpt_io.is_temp_file(p.name) and p.name.startswith(ours):
-            p.unlink(missing_ok=True)
 
 
 def _rmdir_if_empty(out: Path) -> None:

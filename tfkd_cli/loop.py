@@ -9,6 +9,7 @@ Crash safety: at the end of an epoch last.pt is renamed into place after best.pt
 so last.pt never claims more than the other files hold; a kill before it redoes the epoch and
 rewrites them identically. Other code adds per-step work in `EpochLoop._after_step` and
 per-epoch work in `EpochLoop._after_epoch` (both on every rank; `self.dd.main` for files).
+Code outside the loop acts on a run through `Hooks` (the crash tests' faults, `tfkd_cli.faults`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,37 @@ from tfkd_cli import cl_guard, fold, rundir, tracking
 from tfkd_cli.build import Run
 from tfkd_cli.diagnostics import EpochDiagnostics
 from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
-from tfkd_cli.faults import fault_point, nan_fault
 from tfkd_cli.metrics import evaluate
 from tfkd_cli.recipe import Recipe
 from tfkd_cli.runtime import Dist, SignalGuard, any_rank, rng_state
 from tfkd_cli.state import Clock, State
+
+
+class Hooks:
+    """Points where code outside the loop acts on a training run; here each does nothing.
+
+    The crash-safety tests' faults (`tfkd_cli.faults`) subclass it to kill the process or spoil
+    a loss at one of these points, so the loop never knows whether a fault is set.
+    """
+
+    def before_step(self) -> None:
+        """Before each training step (every rank)."""
+
+    def step_loss(self, rank: int, step: int, loss: torch.Tensor) -> torch.Tensor:
+        """The loss of `step` (0-based in its epoch) as the loop records it and checks it is finite."""
+        return loss
+
+    def before_replace(self) -> None:
+        """Inside each checkpoint file's atomic write: temp file written, not yet synced or renamed."""
+
+    def before_eval(self) -> None:
+        """Before each end-of-epoch evaluation (every rank)."""
+
+    def after_checkpoints(self) -> None:
+        """After an epoch's checkpoints, before metrics.csv (rank 0)."""
+
+
+NO_HOOKS = Hooks()
 
 
 def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -147,12 +174,11 @@ class EpochSums:
 
 
 def fit_step(recipe: Recipe, run: Run, fwd: nn.Module, sums: EpochSums, epoch: int, step: int,
-             x: torch.Tensor, y: torch.Tensor, t_in: Optional[torch.Tensor] = None):
+             x: torch.Tensor, y: torch.Tensor, t_in: Optional[torch.Tensor] = None, hooks: Hooks = NO_HOOKS):
     """The engine's training step with its bookkeeping; returns (loss, lr, teacher logits)."""
     lr = lr_at(recipe, epoch, step, run.data.steps_per_epoch)
     loss, logits, t_out = train_step(fwd, run.teacher, run.loss_fn, run.optimizer, x, y, lr, run.autocast, t_in)
-    if nan_fault(sums.dd.rank, step):
-        loss = loss * float("nan")
+    loss = hooks.step_loss(sums.dd.rank, step, loss)
     sums.add(step, loss, logits, y)
     if run.diagnose is not None:  # diagnostics (issue #17): loss-term gradient norms, from the logits only
         sums.diag.add(run.diagnose(logits, y, t_out))
@@ -163,9 +189,9 @@ class EpochLoop:
     """Trains `state` on to the recipe's last epoch, checkpointing and writing the run's files."""
 
     def __init__(self, recipe: Recipe, run: Run, fwd: nn.Module, state: State, out: Path, base_summary: dict,
-                 dd: Dist, device: torch.device, log: Callable[[str], None]):
+                 dd: Dist, device: torch.device, log: Callable[[str], None], hooks: Hooks = NO_HOOKS):
         self.recipe, self.run, self.fwd, self.state, self.out = recipe, run, fwd, state, out
-        self.base_summary, self.dd, self.device, self.log = base_summary, dd, device, log
+        self.base_summary, self.dd, self.device, self.log, self.hooks = base_summary, dd, device, log, hooks
         self.cache = run.cache  # dropped if it cannot be written
         self.guard = SignalGuard()
         self.bar: Optional[Callable] = None
@@ -207,10 +233,10 @@ class EpochLoop:
         self.collect = [] if self.cache is not None and cached is None and state.step == 0 else None
         row = state.step * data.batch_size  # first row of this step's batch in the epoch's logits
         for step, (x, y) in enumerate(data.train_batches(epoch, self.recipe.seed, start_step=state.step), state.step):
-            fault_point("step")
+            self.hooks.before_step()
             t_in = cached[row:row + y.shape[0]] if cached is not None else None
             row += y.shape[0]
-            loss, lr, t_out = fit_step(self.recipe, self.run, self.fwd, sums, epoch, step, x, y, t_in)
+            loss, lr, t_out = fit_step(self.recipe, self.run, self.fwd, sums, epoch, step, x, y, t_in, self.hooks)
             if self.collect is not None:
                 self.collect.append(t_out)
             self.clock.seen += y.shape[0]
@@ -255,7 +281,7 @@ class EpochLoop:
         acc = sums.totals()
         self._cache_epoch(epoch)
         train_s = self.clock.book(state, run=False)
-        fault_point("eval")
+        self.hooks.before_eval()
         net = self.eval_copy() if self.dd.main else None
         test = evaluate(net, self.run.data.test_batches(), self.run.autocast) if self.dd.main else None
         val_data = self.run.data.val  # data.val_per_class > 0: the held-out training images
@@ -281,7 +307,7 @@ class EpochLoop:
                     ([rundir.epoch_file(epoch)] if epoch in recipe.train.keep_epochs else []) + [rundir.LAST]
             self.track.epoch(row)  # before the checkpoint: a tracker's stream never lags it
             self._save(names)
-            fault_point("metrics")
+            self.hooks.after_checkpoints()
         self._after_epoch(epoch, row, {"epoch": epoch, "train_s": round(train_s, 3),
                                        "images_per_s": round(self.clock.seen * self.dd.world / max(train_s, 1e-9), 1)})
         if self.dd.world > 1:
@@ -291,7 +317,7 @@ class EpochLoop:
         """Per-epoch files, after the epoch's checkpoints (every rank; `row` is None off rank 0)."""
         if self.dd.main:
             rundir.write_metrics(self.out, self.state.history)
-            _append_timings(self.out, timing)
+            rundir.append_timings(self.out, timing)
             rundir.write_summary(self.out, {**self.base_summary, **self.state.summary()})
 
     def _cache_epoch(self, epoch: int) -> None:
@@ -317,7 +343,7 @@ class EpochLoop:
               "teacher_sha256": r.teacher_info["sha256"] if r.teacher_info else None,
               "threads": torch.get_num_threads(), "state": self.state.to_dict()}
         for name in names:
-            ckpt_io.save(self.out / name, ck, before_replace=lambda: fault_point("checkpoint_write"))
+            ckpt_io.save(self.out / name, ck, before_replace=self.hooks.before_replace)
 
     def _stop_if_bad(self, sums: EpochSums, epoch: int) -> None:
         """Stop the run at the first non-finite loss (all ranks together)."""
@@ -333,15 +359,6 @@ class EpochLoop:
             s.update({"status": "failed", "error": msg})
             rundir.write_summary(out, s)
         raise RunFailed(msg)
-
-
-def _append_timings(out: Path, row: dict) -> None:
-    p = out / "timings.csv"
-    new = not p.exists()
-    with open(p, "a") as f:
-        if new:
-            f.write(",".join(row) + "\n")
-        f.write(",".join(str(v) for v in row.values()) + "\n")
 
 
 @contextlib.contextmanager

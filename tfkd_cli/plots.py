@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from tfkd_cli import rundir
-from tfkd_cli.checkpoint import atomic_write
 from tfkd_cli.errors import TfkdError
+from tfkd_cli.rundir import atomic_write
 
 if TYPE_CHECKING:
     from tfkd_cli.reproduce.results import Cell, Results

@@ -19,7 +19,7 @@ import typing
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
@@ -311,22 +311,39 @@ def dataset_profile(dataset: str) -> dict:
     return load_layers(path) if path.is_file() else {}
 
 
+def resolve_layers(layers: list[dict], *, dataset: str, scale: Optional[Callable[[dict], dict]] = None,
+                   sets: typing.Iterable[dict] = ()) -> dict:
+    """The one layering order of a run's recipe, lowest first: Recipe defaults < the profile of
+    `dataset` (recipes/datasets/) < `layers` (a recipe file; a table's run_defaults and run) <
+    `scale` (a `reproduce` scale, which rewrites the whole dict) < `sets` (--set, then flags).
+
+    Single runs (`resolve_run`) and table runs (`tfkd_cli.reproduce.plan`) both resolve here;
+    each names the dataset whose profile applies. Returns a plain dict, not yet validated.
+    """
+    full = merge(Recipe().to_dict(), dataset_profile(dataset))
+    for layer in layers:
+        full = merge(full, layer)
+    if scale is not None:
+        full = scale(full)
+    for layer in sets:
+        full = merge(full, layer)
+    return full
+
+
 def resolve_run(file: Optional[str | Path] = None, sets: typing.Iterable[str] = (),
                 overrides: Optional[dict] = None, base: Optional[dict] = None) -> Recipe:
-    """A run's recipe: defaults < dataset profile < `base` < file < --set < flags.
-
-    The same order as a `reproduce` run (tfkd_cli.reproduce.plan), which adds its scale
-    between the table and --set. The profile is that of the dataset the layers name.
+    """A run's recipe: defaults < dataset profile < `base` < file < --set < flags
+    (`resolve_layers`). The profile is that of the dataset the layers name, --set and flags
+    included.
     """
     layers = [copy.deepcopy(base or {})]
     if file:
         layers.append(load_layers(Path(file)))
-    layers += [parse_set(sets), overrides or {}]
-    for layer, src in zip(layers[1:], [str(file)] * bool(file) + ["--set", "flags"]):
+    given = [parse_set(sets), overrides or {}]
+    for layer, src in zip(layers[1:] + given, [str(file)] * bool(file) + ["--set", "flags"]):
         check_layer(Recipe, layer, src)  # every layer, not only what survives the merge
-    data = dataset_profile(pick(layers, "data", "dataset") or DataCfg.dataset)
-    for layer in layers:
-        data = merge(data, layer)
+    dataset = pick(layers + given, "data", "dataset") or DataCfg.dataset
+    data = resolve_layers(layers, dataset=dataset, sets=given)
     return from_dict(data, str(file) if file else "recipe")
 
 

@@ -1,13 +1,21 @@
-"""A run directory: its files, its lock, and its provenance.
+"""A run directory: its files, their atomic writes, its lock, and its provenance.
+
+This module is the one owner of the run directory's file names and of how any tfkd file is
+written (checkpoints, tables and figures use `atomic_write` too). The engine decides what
+a run may resume or overwrite; the loop decides when each file is written.
 
 Layout (one run = one directory):
   recipe.yaml      the fully resolved recipe (what the run is a function of, with its seed)
   metrics.csv      one row per finished epoch
+  timings.csv      seconds and images/s per epoch (informational; appended)
   last.pt          latest checkpoint (also written mid-epoch with --checkpoint-every)
   best.pt          checkpoint of the best test top-1 epoch (ties go to the later epoch, as official)
   epoch_N.pt       kept epochs (train.keep_epochs), e.g. De-KD's poorly-trained teachers
   summary.json     status, best/last metrics, provenance; written atomically
   .lock            pid and host of the one process writing this run (held with flock)
+
+Atomic writes go to a temporary file in the same directory, are fsynced, then renamed over
+the target, so a crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -21,22 +29,100 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from tfkd_cli import __version__
-from tfkd_cli.checkpoint import atomic_write_text
 from tfkd_cli.errors import TfkdError
 
 RECIPE = "recipe.yaml"
 METRICS = "metrics.csv"
+TIMINGS = "timings.csv"
 SUMMARY = "summary.json"
 LAST = "last.pt"
 BEST = "best.pt"
 LOCK = ".lock"
+
+# What a run writes into its directory; --overwrite removes exactly these (and epoch_*.pt).
+RUN_FILES = (RECIPE, METRICS, SUMMARY, LAST, BEST, TIMINGS)
+
+
+# -- atomic writes ---------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None],
+                 before_replace: Optional[Callable[[], None]] = None) -> None:
+    """Write `path` via a temp file + fsync + rename; errors name the path.
+
+    The temp file (`.<name>.<random>.tmp` beside the target) gets the target's permissions,
+    or 0666 minus the umask for a new file, like a plain open(). `before_replace` is a test
+    hook called with the temp file written but not yet flushed, synced or renamed.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_UMASK
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if before_replace is not None:
+                before_replace()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise TfkdError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def is_temp_file(name: str) -> bool:
+    """A temp file left by an `atomic_write` that was killed before its rename."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# -- the run's files ---------------------------------------------------------------------
 
 
 def epoch_file(epoch: int) -> str:
@@ -80,6 +166,32 @@ def read_metrics(run: Path) -> list[dict]:
         return []
     with open(p, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def append_timings(run: Path, row: dict) -> None:
+    """One row of timings.csv; appended, not rewritten: it only informs, and is never resumed from."""
+    p = Path(run) / TIMINGS
+    new = not p.exists()
+    with open(p, "a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(str(v) for v in row.values()) + "\n")
+
+
+def clear(run: Path) -> None:
+    """Remove an earlier run's files (--overwrite); nothing else in the directory is touched."""
+    for name in RUN_FILES:
+        (Path(run) / name).unlink(missing_ok=True)
+    for p in Path(run).glob("epoch_*.pt"):
+        p.unlink()
+
+
+def remove_temp_files(run: Path) -> None:
+    """Temp files of atomic writes that a killed process never renamed (the run's own only)."""
+    ours = tuple(f".{n}." for n in RUN_FILES) + (".epoch_",)
+    for p in Path(run).iterdir():
+        if is_temp_file(p.name) and p.name.startswith(ours):
+            p.unlink(missing_ok=True)
 
 
 # -- locking -------------------------------------------------------------------------

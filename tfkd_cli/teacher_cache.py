@@ -21,6 +21,7 @@ import torch
 
 from tfkd_cli import checkpoint as ckpt_io
 from tfkd_cli.identity import digest
+from tfkd_cli.rundir import atomic_write_text
 
 DIRNAME = ".teacher_logits"
 
@@ -50,5 +51,5 @@ class TeacherCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "ident.json"
         if not meta.exists():
-            ckpt_io.atomic_write_text(meta, json.dumps(self.ident, indent=2) + "\n")
+            atomic_write_text(meta, json.dumps(self.ident, indent=2) + "\n")
         ckpt_io.save(self.path(epoch), logits.detach().float().cpu().contiguous())

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
-from tfkd_cli.checkpoint import atomic_write_text
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.recipe import Recipe, RuntimeCfg, dump
+from tfkd_cli.rundir import atomic_write_text
 
 TB_DIR = "tensorboard"  # event files inside the run directory
 WANDB_ID = "wandb.json"  # the W&B run id of this run directory, for resuming it

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from tfkd_cli.checkpoint import atomic_write
 from tfkd_cli.reproduce.controls import KINDS, controls_of
 from tfkd_cli.reproduce.results import Cell, Results
+from tfkd_cli.rundir import atomic_write
 
 PAPER, OURS = "paper", "tfkd (mean ± std)"
 CONTROL = {name: f"{name} control" for name in KINDS.values()}  # control name -> its series

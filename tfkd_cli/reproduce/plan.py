@@ -7,10 +7,11 @@ trained once, and a finished run is recognised by its directory alone. A run dir
 written under identity version 1 (`tfkd_cli.identity`) keeps its name: when
 it exists and the new one does not, the plan uses it (finished or resumable).
 
-A run's recipe layers, lowest first: Recipe defaults < the profile of the table's dataset
-(recipes/datasets/) < the table's run_defaults < the run < the scale (epoch factor, then
-overrides, then per_model) < `--set` (`sets`). The profile is the table's dataset's, not that
-of a dataset a scale or --set swaps in: a table on other data keeps the table's protocol.
+A run's recipe layers, lowest first (`recipe.resolve_layers`, as a single run's): Recipe
+defaults < the profile of the table's dataset (recipes/datasets/) < the table's run_defaults <
+the run < the scale (`scaled`: epoch factor, then overrides, then per_model) < `--set` (`sets`).
+The profile is the table's dataset's, not that of a dataset a scale or --set swaps in: a table
+on other data keeps the table's protocol.
 
 At a scale with `pt_teachers: strength` (spec.Scale) a run that keeps epoch checkpoints in its
 table (a De-KD teacher source) drops the table's `epochs`/`keep_epochs`, trains the scaled
@@ -30,7 +31,7 @@ from tfkd_cli import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import canonical_name, is_torchvision
 from tfkd_cli import identity
-from tfkd_cli.recipe import DataCfg, Recipe, dataset_profile, from_dict, merge, pick
+from tfkd_cli.recipe import DataCfg, Recipe, from_dict, merge, pick, resolve_layers
 from tfkd_cli.reproduce.spec import Scale, Table
 
 
@@ -79,6 +80,14 @@ def _apply_scale(d: dict, factor: float) -> dict:
     if d["teacher"].get("epoch") is not None:
         d["teacher"]["epoch"] = scale_epoch(d["teacher"]["epoch"], factor)
     return d
+
+
+def scaled(full: dict, scale: Scale) -> dict:
+    """A full recipe dict under `scale`: its model's epoch factor (per_model, else the scale's),
+    then the scale's overrides, then the model's own."""
+    own = dict(scale.per_model.get(canonical_name(full["model"]), {}))
+    full = _apply_scale(full, own.pop("epoch_factor", scale.epoch_factor))
+    return merge(merge(full, scale.overrides), own)
 
 
 def _keeps_epochs(spec: dict) -> bool:
@@ -143,7 +152,6 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
 
     `sets` (parsed `--set` overrides) apply to every run, after the scale."""
     runs_dir = Path(runs_dir).resolve()
-    defaults = Recipe().to_dict()
     strength = scale.pt_teachers == "strength"
     plan: list[PlannedRun] = []
     by_id: dict[tuple[str, int], PlannedRun] = {}
@@ -155,14 +163,9 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             source = strength and _keeps_epochs(spec)
             if source:  # a pt-teacher source trains the whole baseline schedule (module doc)
                 spec["train"] = {k: v for k, v in spec["train"].items() if k not in ("epochs", "keep_epochs")}
-            layer = merge(merge(table.run_defaults, spec), {"teacher": t} if t else {})
             dataset = pick([table.run_defaults, spec], "data", "dataset") or DataCfg.dataset
-            full = merge(merge(defaults, dataset_profile(dataset)), layer)
-            own = dict(scale.per_model.get(canonical_name(full["model"]), {}))
-            full = _apply_scale(full, own.pop("epoch_factor", scale.epoch_factor))
-            full = merge(full, scale.overrides)
-            full = merge(full, own)
-            full = merge(full, sets or {})
+            full = resolve_layers([table.run_defaults, spec, {"teacher": t} if t else {}], dataset=dataset,
+                                  scale=lambda d: scaled(d, scale), sets=[sets or {}])
             if source:  # every epoch kept: the strength pick may choose any (small at these scales)
                 full["train"]["keep_epochs"] = list(range(1, full["train"]["epochs"] + 1))
             if is_torchvision(full["model"]):
@@ -191,20 +194,23 @@ def build_plan(table: Table, scale: Scale, seeds: list[int], runs_dir: Path,
             pr = PlannedRun(rid, seed, recipe, d, key, legacy, deps, release)
             plan.append(pr)
             by_id[(rid, seed)] = pr
-    if only:
-        keep: set[tuple[str, int]] = set()
+    return _only(plan, by_id, only) if only else plan
 
-        def need(k: tuple[str, int]) -> None:
-            if k not in keep:
-                keep.add(k)
-                for dep in by_id[k].deps:
-                    need(dep)
 
-        for p in plan:
-            if p.id in only:
-                need((p.id, p.seed))
-        plan = [p for p in plan if (p.id, p.seed) in keep]
-    return plan
+def _only(plan: list[PlannedRun], by_id: dict[tuple[str, int], PlannedRun], only: set[str]) -> list[PlannedRun]:
+    """The runs of `plan` named in `only`, with everything they need (teachers first, as planned)."""
+    keep: set[tuple[str, int]] = set()
+
+    def need(k: tuple[str, int]) -> None:
+        if k not in keep:
+            keep.add(k)
+            for dep in by_id[k].deps:
+                need(dep)
+
+    for p in plan:
+        if p.id in only:
+            need((p.id, p.seed))
+    return [p for p in plan if (p.id, p.seed) in keep]
 
 
 def unique_runs(plan: list[PlannedRun]) -> list[PlannedRun]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from tfkd_cli import rundir
-from tfkd_cli.checkpoint import atomic_write_text
+from tfkd_cli.rundir import atomic_write_text
 
 FILES = (rundir.RECIPE, rundir.SUMMARY, rundir.METRICS)
 DIRNAME = "runs"  # inside a results folder

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 from tfkd_cli import rundir, strength
-from tfkd_cli.checkpoint import atomic_write_text
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.plots import table_curves
 from tfkd_cli.reproduce import render
@@ -26,6 +25,7 @@ from tfkd_cli.reproduce.plan import PlannedRun, scale_epoch, unique_runs
 from tfkd_cli.reproduce.render import NA, fmt
 from tfkd_cli.reproduce.spec import Scale, Table
 from tfkd_cli.reproduce.verdicts import claim_verdicts
+from tfkd_cli.rundir import atomic_write_text
 
 
 def _epoch_top1(run: Path, epoch: int) -> Optional[float]:

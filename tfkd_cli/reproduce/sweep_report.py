@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from tfkd_cli import rundir
-from tfkd_cli.checkpoint import atomic_write, atomic_write_text
+from tfkd_cli.rundir import atomic_write, atomic_write_text
 
 RULE = ("chosen: the point with the best mean validation top-1 over seeds, each run at its best-validation "
         "epoch (ties: lower mean validation NLL, then grid order); the test set plays no part in the choice")
