@@ -40,7 +40,10 @@ def test_calibration_matches_model_and_dataset_then_model_then_all(tmp_path):
     (tmp_path / "broken" / "summary.json").write_text("{not json")  # skipped, never fatal
     cal = cost.Calibration.from_records(files + [tmp_path / "broken" / "summary.json"])
     assert cal.records == 2
-    assert cal.ratio(mv2) == (pytest.approx(3.0), "model and dataset")
+    assert cal.ratio(mv2) == (pytest.approx(3.0), "model, dataset and teacher")
+    student = Recipe(model="mobilenetv2", width=0.25, method="kd")
+    student.data.dataset, student.teacher.path = "digits", "t"
+    assert cal.ratio(student) == (pytest.approx(3.0), "model and dataset")  # no student record
     other = Recipe(model="mobilenetv2", width=0.25)  # cifar100: same model only
     assert cal.ratio(other) == (pytest.approx(3.0), "model")
     assert cal.ratio(Recipe(model="shufflenetv2")) == (pytest.approx(2.5), "all")  # median of 3 and 2

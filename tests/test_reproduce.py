@@ -144,7 +144,7 @@ def test_dry_run_lists_plan(recipes, tmp_path):
 
 def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
     runs = tmp_path / "runs"
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", runs, "--out", tmp_path / "res",
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--jobs", "1", "--runs-dir", runs, "--out", tmp_path / "res",
              cwd=tmp_path)
     deadline = time.time() + 300
     while len(finished_runs(runs)) < 3 and time.time() < deadline and p.poll() is None:
@@ -153,7 +153,7 @@ def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
     p.communicate()
     done = finished_runs(runs)
     assert 3 <= len(done) < 13
-    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", runs, "--out", tmp_path / "res",
+    p = tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--jobs", "1", "--runs-dir", runs, "--out", tmp_path / "res",
              cwd=tmp_path)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
@@ -168,7 +168,7 @@ def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
 
 def test_two_processes_split_the_table(recipes, tmp_path):
     runs = tmp_path / "runs"
-    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--runs-dir", runs,
+    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--jobs", "1", "--runs-dir", runs,
                   "--out", tmp_path / f"res{i}", cwd=tmp_path) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

@@ -47,7 +47,7 @@ def test_grid_parsing():
     ([], "the grid is empty"),
     (["--grid", "loss.alpha="], "empty value"),
     (["--grid", "loss.alpha=0.1,,0.9"], "empty value"),
-    (["--grid", "loss.alpha=high"], "value 'high' is not allowed (loss.alpha: expected float, got 'high')"),
+    (["--grid", "loss.alpha=high"], "value 'high' is not allowed (loss.alpha: expected float or null, got 'high')"),
     (["--grid", "train.epochs=1.5"], "value 1.5 is not allowed (train.epochs: expected int"),
     (["--grid", "loss.alpha=2"], "loss.alpha must be in [0, 1]"),
     (["--grid", "loss.temperature=4,4.0"], "two values are the same loss.temperature"),
@@ -128,11 +128,13 @@ def test_real_tiny_sweep_then_extended_with_jobs(tmp_path):
         assert s["val_per_class"] == 5 and s["num_train"] == 200
     best = max(range(2), key=lambda i: (out["points"][i]["val_mean"], -out["points"][i]["val_nll_mean"], -i))
     assert out["points"][best]["chosen"] and out["chosen"] == out["points"][best]["params"]
-    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in (tmp_path / "runs").iterdir() if p.is_dir()}
-    # a third value, two jobs: the two finished points are reused, the new one runs in a child process
+    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()
+              if p.is_dir() and not p.name.startswith(".")}  # .logs: the child processes' logs
+    # a third value, two jobs: the two finished points are reused; one run left for two workers
+    # runs in this process with every thread (the runner never leaves a worker without a run)
     r = sweep(tmp_path, *args, "--grid", "loss.alpha=0.1,0.9,0.5", "--jobs", "2")
     assert r.exit_code == 0, r.output
-    assert "3 runs: 2 already done, 1 to run (jobs=2)" in r.output
+    assert "3 runs: 2 already done, 1 to run (jobs=1)" in r.output
     assert all((p / "summary.json").stat().st_mtime_ns == t for p, t in stamps.items())
     out = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [p["params"]["loss.alpha"] for p in out["points"]] == [0.1, 0.9, 0.5]

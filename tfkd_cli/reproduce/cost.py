@@ -15,7 +15,8 @@ These per-image figures were taken at batch 128 on a quiet machine; real runs (b
 runs side by side, start-up, data loading) take 2-3x longer. So `Calibration` scales each
 estimate by the measured / estimated ratio of the finished runs whose records are committed
 (results/*/*/runs/*: recipe.yaml and summary.json's run_time_s): the median over records of the
-same model and dataset, else of the same model, else of all records. `wall_seconds` then places
+same model, dataset and kind (with or without a teacher network), else of the same model and
+dataset, else of the same model, else of all records. `wall_seconds` then places
 the runs on `jobs` workers in plan order, a student after its teacher, as the local runner does.
 """
 
@@ -103,10 +104,16 @@ def estimate_seconds(r: Recipe, device: str = "cpu", teacher: Optional[Recipe] =
     return per_epoch * r.train.epochs
 
 
+def _taught(r: Recipe) -> bool:
+    """Whether a run reads a teacher network: its estimate counts the teacher's forward for every
+    batch, which the teacher-logit cache shares between students, so such runs get their own ratio."""
+    return bool(r.teacher.path) and METHODS[r.method].needs_teacher and not r.teacher.uniform
+
+
 class Calibration:
     """Measured / estimated run-time ratios of committed run records (module doc)."""
 
-    def __init__(self, ratios: dict[tuple[str, str], list[float]]):
+    def __init__(self, ratios: dict[tuple[str, str, bool], list[float]]):
         self.ratios = ratios
         self.records = sum(len(v) for v in ratios.values())
 
@@ -114,7 +121,7 @@ class Calibration:
     def from_records(cls, summaries: Iterable[Path]) -> "Calibration":
         from tfkd_cli.recipe import from_dict, read_yaml
 
-        ratios: dict[tuple[str, str], list[float]] = {}
+        ratios: dict[tuple[str, str, bool], list[float]] = {}
         for f in summaries:
             try:
                 s = json.loads(f.read_text())
@@ -127,13 +134,15 @@ class Calibration:
             except Exception:  # a record from older code, or of a model this code lacks: not a timing
                 continue
             if est > 0:
-                ratios.setdefault((canonical_name(r.model), r.data.dataset), []).append(s["run_time_s"] / est)
+                key = (canonical_name(r.model), r.data.dataset, _taught(r))
+                ratios.setdefault(key, []).append(s["run_time_s"] / est)
         return cls(ratios)
 
     def ratio(self, r: Recipe) -> tuple[float, str]:
         """The factor for recipe `r`'s estimate, and what it was measured on."""
         model = canonical_name(r.model)
-        for label, keep in (("model and dataset", lambda k: k == (model, r.data.dataset)),
+        for label, keep in (("model, dataset and teacher", lambda k: k == (model, r.data.dataset, _taught(r))),
+                            ("model and dataset", lambda k: k[:2] == (model, r.data.dataset)),
                             ("model", lambda k: k[0] == model), ("all", lambda k: True)):
             vals = [v for k, vs in self.ratios.items() if keep(k) for v in vs]
             if vals:
