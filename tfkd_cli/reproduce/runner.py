@@ -140,8 +140,7 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
             sched.state[p.dir] = st
     sched.todo = [p for p in runs if p.dir not in sched.state]
     if 0 < len(sched.todo) < jobs:  # fewer runs than workers: give each run more threads
-        jobs = len(sched.todo)
-        sched.jobs, sched.threads = jobs, (max(1, usable_cores() // jobs) if jobs > 1 else 0)
+        jobs = sched.jobs = len(sched.todo)
     log(f"{len(runs)} runs: {len(runs) - len(sched.todo)} already done, {len(sched.todo)} to run (jobs={jobs})")
     if jobs == 1:  # import the engine before any lock check, not between a check and train's lock
         from tfkd_cli import engine  # noqa: F401  (seconds on first import: a wide race window)
@@ -174,11 +173,15 @@ class _Scheduler:
         self.by_key = {(p.id, p.seed): p for p in plan}
         self.jobs, self.devices, self.log = jobs, devices, log
         self.on_finished = on_finished or (lambda p: None)
-        self.threads = max(1, usable_cores() // jobs) if jobs > 1 else 0
         self.state: dict[Path, str] = {}
         self.todo: list[PlannedRun] = []
         self.active: list[Job] = []
         self.next_slot = 0
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of each child run: the cores shared out (0: the default, one job inline)."""
+        return max(1, usable_cores() // self.jobs) if self.jobs > 1 else 0
 
     def reap(self, job: Job) -> None:
         """Book a finished child process (nothing while it runs)."""
