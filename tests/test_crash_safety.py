@@ -23,9 +23,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import engine, rundir
-from tfkd_cli.cli import cli
+from tfkd_cli.storage import checkpoint as ckpt_io
+from tfkd_cli.training import engine
+from tfkd_cli.storage import rundir
+from tfkd_cli.cli.main import cli
 
 from conftest import DIGITS, ROOT, cli_cmd, cli_env, run_cli
 

@@ -10,8 +10,8 @@ import matplotlib
 import pytest
 from matplotlib.container import BarContainer
 
-from tfkd_cli.reproduce import results as R
-from tfkd_cli.reproduce.figures import CONTROL, OURS, PAPER, build_figure, gain_figure, partial_note
+from tfkd_cli.tables import results as R
+from tfkd_cli.tables.figures import CONTROL, OURS, PAPER, build_figure, gain_figure, partial_note
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

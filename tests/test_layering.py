@@ -1,5 +1,5 @@
 """A run's recipe layers, one order for single runs and table runs
-(`tfkd_cli.recipe.resolve_layers`): defaults < dataset profile < recipe file or table < scale <
+(`tfkd_cli.config.recipe.resolve_layers`): defaults < dataset profile < recipe file or table < scale <
 --set < flags. Every layer is validated, also where a higher one overrides it; `reproduce`
 takes a scale file and --set as its top layers."""
 
@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli.cli import cli
-from tfkd_cli.recipe import resolve_layers, resolve_run
-from tfkd_cli.reproduce import api, render, report
-from tfkd_cli.reproduce.plan import build_plan
-from tfkd_cli.reproduce.spec import load_scale, load_table
+from tfkd_cli.cli.main import cli
+from tfkd_cli.config.recipe import resolve_layers, resolve_run
+from tfkd_cli.execution import reproduce as api
+from tfkd_cli.tables import render
+from tfkd_cli.tables import report
+from tfkd_cli.tables.plan import build_plan
+from tfkd_cli.tables.spec import load_scale, load_table
 
 from conftest import fail
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli.cli import cli
-from tfkd_cli.recipe import recipes_dir
+from tfkd_cli.cli.main import cli
+from tfkd_cli.config.recipe import recipes_dir
 
 from conftest import cli_cmd
 
@@ -245,9 +245,9 @@ def test_reproduce_list_and_unknown_table():
 def test_plan_with_released_teachers(tmp_path):
     """--teachers DIR: the released runs are not trained; students point at the release files
     at the paper's epochs (base_resnet50/50.pth.tar = after 51 epochs), in their own run dirs."""
-    from tfkd_cli.loading import resolve_file
-    from tfkd_cli.reproduce.plan import build_plan
-    from tfkd_cli.reproduce.spec import load_scale, load_table
+    from tfkd_cli.storage.loading import resolve_file
+    from tfkd_cli.tables.plan import build_plan
+    from tfkd_cli.tables.spec import load_scale, load_table
 
     rel = tmp_path / "pretrained_teacher_models"
     for name, files in {"base_resnet18": ["best.pth.tar", "0.pth.tar"], "base_resnet50": ["50.pth.tar"],

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.reproduce import report
-from tfkd_cli.reproduce.results import (SCHEMA_VERSION, Cell, Claim, Column, Failure, Header, Pick, Provenance,
+from tfkd_cli.tables import report
+from tfkd_cli.tables.results import (SCHEMA_VERSION, Cell, Claim, Column, Failure, Header, Pick, Provenance,
                                         Results, Row, TeacherFile, read)
 
 from conftest import fail
