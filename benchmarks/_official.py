@@ -144,7 +144,7 @@ def loss_bench(device_spec: str, reps: int) -> dict:
     import torch
 
     from tfkd_cli.training.runtime import select_device
-    from tfkd_cli.losses import build_loss
+    from tfkd_cli.methods import build_loss
 
     warnings.filterwarnings("ignore", message="reduction: 'mean' divides")
     device = select_device(device_spec)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import build_loss
+from tfkd_cli.methods import build_loss
 from tfkd_cli.config.recipe import from_dict
 
 from conftest import fail

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tfkd_cli.diagnostics import EpochDiagnostics, share, term_grads, term_norms
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import build_loss
+from tfkd_cli.methods import build_loss
 
 N, K = 6, 9
 SEMANTICS = ("official", "paper")

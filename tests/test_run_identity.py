@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tfkd_cli.losses import METHODS
+from tfkd_cli.methods import METHODS
 from tfkd_cli.config.recipe import from_dict, recipes_dir
 from tfkd_cli.tables.plan import build_plan
 from tfkd_cli.execution.runner import status_of

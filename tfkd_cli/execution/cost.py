@@ -31,7 +31,7 @@ from typing import Iterable, Optional
 import torch
 
 from tfkd_cli.data.registry import DATASETS
-from tfkd_cli.losses import METHODS
+from tfkd_cli.methods import METHODS
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.config.recipe import Recipe
 

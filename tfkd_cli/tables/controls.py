@@ -19,7 +19,7 @@ import copy
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from tfkd_cli.losses import METHODS, uniform_methods
+from tfkd_cli.methods import METHODS, uniform_methods
 from tfkd_cli.config.recipe import pick
 from tfkd_cli.tables.spec import Cell, Column, Row, Table
 
