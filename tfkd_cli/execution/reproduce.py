@@ -101,15 +101,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
     sc = load_scale(scale)
     overrides = check_sets(sets)
     asked = sorted(set(seeds or [0]))
-    if only:
-        unknown = set(only) - set(table.runs)
-        if unknown:
-            raise TfkdError(f"--only: unknown run id(s) {', '.join(sorted(unknown))}; "
-                            f"runs of {table.table}: {', '.join(table.runs)}")
-    tdir = Path(teachers) if teachers else None
-    if tdir is not None and not tdir.is_dir():
-        raise TfkdError(f"--teachers {tdir}: not a folder (expected the unzipped pretrained_teacher_models/ "
-                        "with base_<name>/best.pth.tar)")
+    tdir = _check_only_and_teachers(table, only, teachers)
     reference = Path("results") / table.table / sc.scale  # the committed table of this scale
     out_dir = Path(out) if out else (Path("runs/rerun") / table.table / sc.scale if rerun else reference)
     where = [] if rerun else records.roots(out_dir, sc.scale)
@@ -152,6 +144,20 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
         log(report.cell_changes(before, res, what))
     return res
 
+
+
+def _check_only_and_teachers(table, only: Optional[set], teachers: Optional[str]) -> Optional[Path]:
+    """--only names runs of the table; --teachers is a folder (returned as a Path, or None)."""
+    if only:
+        unknown = set(only) - set(table.runs)
+        if unknown:
+            raise TfkdError(f"--only: unknown run id(s) {', '.join(sorted(unknown))}; "
+                            f"runs of {table.table}: {', '.join(table.runs)}")
+    tdir = Path(teachers) if teachers else None
+    if tdir is not None and not tdir.is_dir():
+        raise TfkdError(f"--teachers {tdir}: not a folder (expected the unzipped pretrained_teacher_models/ "
+                        "with base_<name>/best.pth.tar)")
+    return tdir
 
 def _run(plan: list[PlannedRun], out_dir: Path, executor: str, options: object, runs_dir: Path,
          retry_failed: bool, command: Optional[str], log: Callable[[str], None]) -> None:
