@@ -139,7 +139,8 @@ def _random_teacher(spec: dict, folder: Path) -> Path:
 def setup_tfkd(spec: dict):
     """The engine's loop: returns (device, step_fn, batch iterator, finish)."""
     from tfkd_cli.training.build import build_run
-    from tfkd_cli.training.loop import EpochSums, fit_step
+    from tfkd_cli.training.loop import fit_step
+    from tfkd_cli.training.state import EpochSums
     from tfkd_cli.config.recipe import LossCfg, Recipe
     from tfkd_cli.training.runtime import Dist, select_device, wrap
     from tfkd_cli.training.state import State

@@ -179,7 +179,7 @@ def test_epoch_sums_keep_the_diagnostics_across_a_mid_epoch_checkpoint():
     """The diagnostics' epoch sums go into a mid-epoch checkpoint's acc and come back bit for bit,
     so a resumed epoch writes the same grad_label/grad_teacher/teacher_share as an uninterrupted one."""
     from tfkd_cli.diagnostics import term_norms
-    from tfkd_cli.training.loop import EpochSums
+    from tfkd_cli.training.state import EpochSums
     from tfkd_cli.training.runtime import Dist
     from tfkd_cli.training.state import State
 

@@ -33,7 +33,7 @@ from tfkd_cli.storage import rundir
 from tfkd_cli.training import tracking
 from tfkd_cli.training.build import Run, build_run
 from tfkd_cli.errors import Interrupted, TfkdError
-from tfkd_cli.training.loop import EpochLoop
+from tfkd_cli.training.loop import EpochLoop, LoopSettings
 from tfkd_cli.models import count_params
 from tfkd_cli.config.recipe import Recipe, dump
 from tfkd_cli.training.runtime import Dist, init_distributed, rng_state, seed_everything, set_rng_state, wrap
@@ -97,8 +97,11 @@ def _train(recipe: Recipe, out: Path, resume_ck: Optional[dict], overwrite: bool
     fwd = wrap(run.model, dd, device, recipe.runtime.compile)
     base_summary = _prepare_dir(recipe, run, state, out, overwrite, resume_ck is not None, dd, device) \
         if dd.main else {}
-    loop = EpochLoop(recipe, run, fwd, state, out, base_summary, dd, device, log, hooks=faults.from_env())
-    return loop.run_epochs(progress)
+    loop = EpochLoop(LoopSettings.of(recipe, base_summary), run, fwd, state, out, dd, device, log,
+                     hooks=faults.from_env())
+    steps = run.data.steps_per_epoch
+    track = tracking.open(out, recipe, state.epoch * steps + state.step, steps, log) if dd.main else tracking.NONE
+    return loop.run_epochs(progress, track)
 
 
 def _restore(run: Run, ck: dict, recipe: Recipe, out: Path, dd: Dist, device: torch.device,

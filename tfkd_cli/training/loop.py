@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -23,18 +24,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tfkd_cli.storage import checkpoint as ckpt_io
-from tfkd_cli.training import channels_last
 from tfkd_cli import fold
-from tfkd_cli.storage import rundir
-from tfkd_cli.training import tracking
-from tfkd_cli.training.build import Run
-from tfkd_cli.diagnostics import EpochDiagnostics
+from tfkd_cli.config.recipe import OptimCfg, Recipe
 from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
 from tfkd_cli.metrics import evaluate
-from tfkd_cli.config.recipe import Recipe
+from tfkd_cli.storage import checkpoint as ckpt_io
+from tfkd_cli.storage import rundir
+from tfkd_cli.training import channels_last, tracking
+from tfkd_cli.training.build import Run
 from tfkd_cli.training.runtime import Dist, SignalGuard, any_rank, rng_state
-from tfkd_cli.training.state import Clock, State
+from tfkd_cli.training.state import Clock, EpochSums, State
 
 
 class Hooks:
@@ -64,9 +63,32 @@ class Hooks:
 NO_HOOKS = Hooks()
 
 
-def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the epoch loop reads of a run's recipe, taken once when the run starts (`of`)."""
+
+    epochs: int
+    batch_size: int  # per process (the progress bar's images/s)
+    seed: int  # the data order
+    checkpoint_every: int  # mid-epoch checkpoints every N steps (0: none)
+    keep_epochs: list[int]  # epoch_N.pt files to keep
+    fast_eval: bool  # evaluate a conv-BN folded copy
+    optim: OptimCfg  # with `lr`, the learning-rate schedule (`lr_at`)
+    lr: float
+    recipe_hash: str  # in every checkpoint
+    base_summary: dict  # summary.json's fixed part (rank 0; {} on the others)
+
+    @classmethod
+    def of(cls, recipe: Recipe, base_summary: dict) -> "LoopSettings":
+        t = recipe.train
+        return cls(t.epochs, t.batch_size, recipe.seed, t.checkpoint_every, t.keep_epochs, recipe.runtime.fast_eval,
+                   recipe.optim, recipe.lr, recipe.hash(), base_summary)
+
+
+def lr_at(recipe: Recipe | LoopSettings, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Learning rate of `step` (0-based) in `epoch` (1-based).
 
+    `recipe`: a run's recipe or its LoopSettings (both hold `optim` and `lr`).
     Warm-up (official utils.WarmUpLR, stepped before each iteration): base * i / W for the
     i-th iteration (1-based) of the first W iterations. Then MultiStepLR: base * gamma^m,
     m = number of milestones < epoch.
@@ -104,79 +126,7 @@ def train_step(fwd: nn.Module, teacher: Optional[nn.Module], loss_fn: Callable, 
     return loss.detach(), logits.detach(), t_logits
 
 
-class EpochSums:
-    """This rank's running loss/accuracy sums of an epoch, kept on the device (no sync per step)."""
-
-    def __init__(self, acc: dict, dd: Dist, device: torch.device):
-        # Running epoch sums continue exactly from a mid-epoch checkpoint (float64 -> float is exact).
-        ranks = acc.get("ranks")
-        if dd.world > 1 and ranks and len(ranks) == dd.world:  # this rank's share of a DDP checkpoint
-            mine = ranks[dd.rank]
-            acc = {**dict(zip(("loss", "correct", "count"), mine[:3])), **({"diag": mine[3:]} if mine[3:] else {})}
-        self.loss = torch.tensor(acc["loss"], device=device, dtype=torch.float64)
-        self.correct = torch.tensor(acc["correct"], device=device, dtype=torch.int64)
-        self.count = acc["count"]
-        # -- diagnostics (issue #17): the epoch's sums of the loss-term gradient norms, saved in
-        # mid-epoch checkpoints like the loss sums ([g_label sum, g_teacher sum, batches]).
-        self.diag = EpochDiagnostics()
-        if acc.get("diag") and acc["diag"][2]:
-            self.diag = EpochDiagnostics(torch.tensor(acc["diag"][:2], device=device, dtype=torch.float64),
-                                         int(acc["diag"][2]))
-        self.bad_step = torch.full((), -1, device=device, dtype=torch.int64)  # first non-finite step
-        self.dd, self.device = dd, device
-
-    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        bad = ~torch.isfinite(loss) & (self.bad_step < 0)
-        self.bad_step = torch.where(bad, torch.tensor(step, device=self.device), self.bad_step)
-        n = y.shape[0]
-        self.loss += loss.double() * n
-        self.correct += (logits.argmax(1) == y).sum()
-        self.count += n
-
-    def check_due(self, step: int) -> bool:
-        """Checking for NaN syncs with the device: every step on CPU, every 50 on GPU."""
-        return self.device.type == "cpu" or step % 50 == 49
-
-    def first_bad(self) -> int:
-        """The first non-finite step (0-based) on any rank, or -1. Under DDP every rank calls
-        this at the same steps and takes the max over ranks, so all ranks stop together: a rank
-        that stopped alone would leave the others waiting forever in the next all-reduce."""
-        bad = self.bad_step
-        if self.dd.world > 1:
-            bad = bad.clone()
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return int(bad)
-
-    def _mine(self) -> dict:
-        d = self.diag
-        diag = [0.0, 0.0, 0] if d.sums is None else [*d.sums.tolist(), d.batches]
-        return {"loss": float(self.loss), "correct": int(self.correct), "count": self.count, "diag": diag}
-
-    def snapshot(self) -> dict:
-        """The sums for a mid-epoch checkpoint; with DDP, every rank's own sums."""
-        acc = self._mine()
-        if self.dd.world > 1:
-            mine = torch.tensor([acc["loss"], acc["correct"], acc["count"], *acc["diag"]], dtype=torch.float64,
-                                device=self.device)
-            parts = [torch.empty_like(mine) for _ in range(self.dd.world)]
-            dist.all_gather(parts, mine)
-            acc["ranks"] = [[float(p[0]), int(p[1]), int(p[2]), float(p[3]), float(p[4]), int(p[5])] for p in parts]
-        return acc
-
-    def totals(self) -> dict:
-        """The epoch's sums over all ranks; "diag": the diagnostics' metrics.csv columns."""
-        acc = self._mine()
-        if self.dd.world > 1:
-            t = torch.tensor([acc["loss"], acc["correct"], acc["count"], *acc["diag"]], dtype=torch.float64,
-                             device=self.device)
-            dist.all_reduce(t)
-            acc = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2]), "diag": t[3:].tolist()}
-        gl, gt, n = acc["diag"]
-        acc["diag"] = EpochDiagnostics(torch.tensor([gl, gt], dtype=torch.float64), int(n) if n else 0).row()
-        return acc
-
-
-def fit_step(recipe: Recipe, run: Run, fwd: nn.Module, sums: EpochSums, epoch: int, step: int,
+def fit_step(recipe: Recipe | LoopSettings, run: Run, fwd: nn.Module, sums: EpochSums, epoch: int, step: int,
              x: torch.Tensor, y: torch.Tensor, t_in: Optional[torch.Tensor] = None, hooks: Hooks = NO_HOOKS):
     """The engine's training step with its bookkeeping; returns (loss, lr, teacher logits)."""
     lr = lr_at(recipe, epoch, step, run.data.steps_per_epoch)
@@ -189,31 +139,31 @@ def fit_step(recipe: Recipe, run: Run, fwd: nn.Module, sums: EpochSums, epoch: i
 
 
 class EpochLoop:
-    """Trains `state` on to the recipe's last epoch, checkpointing and writing the run's files."""
+    """Trains `state` on to the last epoch, checkpointing and writing the run's files."""
 
-    def __init__(self, recipe: Recipe, run: Run, fwd: nn.Module, state: State, out: Path, base_summary: dict,
+    def __init__(self, settings: LoopSettings, run: Run, fwd: nn.Module, state: State, out: Path,
                  dd: Dist, device: torch.device, log: Callable[[str], None], hooks: Hooks = NO_HOOKS):
-        self.recipe, self.run, self.fwd, self.state, self.out = recipe, run, fwd, state, out
-        self.base_summary, self.dd, self.device, self.log, self.hooks = base_summary, dd, device, log, hooks
+        self.settings, self.run, self.fwd, self.state, self.out = settings, run, fwd, state, out
+        self.dd, self.device, self.log, self.hooks = dd, device, log, hooks
         self.cache = run.cache  # dropped if it cannot be written
         self.guard = SignalGuard()
         self.bar: Optional[Callable] = None
-        self.track = tracking.NONE  # TensorBoard / W&B (runtime settings), opened in run_epochs
-        rt = recipe.runtime  # evaluation runs on a conv-BN folded copy (runtime.fast_eval)
-        self.eval_cl = rt.fast_eval and (run.channels_last or device.type == "cpu")
-        self.eval_pairs = fold.fold_pairs(run.model) if rt.fast_eval and dd.main else None  # traced once
+        self.track = tracking.NONE  # TensorBoard / W&B, given to run_epochs
+        fast = settings.fast_eval  # evaluation runs on a conv-BN folded copy (runtime.fast_eval)
+        self.eval_cl = fast and (run.channels_last or device.type == "cpu")
+        self.eval_pairs = fold.fold_pairs(run.model) if fast and dd.main else None  # traced once
         self.clock = Clock(dd.world)
         self.cached: Optional[torch.Tensor] = None  # this epoch's teacher logits from the cache
         self.collect: Optional[list] = None  # this epoch's teacher logits, computed here, to store
 
-    def run_epochs(self, progress: bool) -> dict:
-        """Train to the end (or raise Interrupted/RunFailed); the finished summary (rank 0, else {})."""
+    def run_epochs(self, progress: bool, track: tracking.Trackers = tracking.NONE) -> dict:
+        """Train to the end (or raise Interrupted/RunFailed); the finished summary (rank 0, else {}).
+        `track`: the run's trackers (`tracking.open`), closed here."""
         steps = self.run.data.steps_per_epoch
-        self.track = tracking.open(self.out, self.recipe, self.state.epoch * steps + self.state.step, steps,
-                                   self.log) if self.dd.main else tracking.NONE
-        with self.guard, self.track, _progress(progress and self.dd.main, self.recipe, steps, self.state) as self.bar:
+        self.track = track
+        with self.guard, self.track, _progress(progress and self.dd.main, self.settings, steps, self.state) as self.bar:
             self.clock = Clock(self.dd.world)  # wall time booked into state.run_time up to here
-            while self.state.epoch < self.recipe.train.epochs:
+            while self.state.epoch < self.settings.epochs:
                 epoch = self.state.epoch + 1
                 sums = self._train_epoch(epoch)
                 self._end_epoch(epoch, sums)
@@ -222,12 +172,12 @@ class EpochLoop:
         c = self.cache
         cache = {"teacher_cache": {"dir": str(c.dir), "epochs_reused": c.hits,
                                    "epochs_computed": c.misses}} if c is not None else {}
-        result = {**self.base_summary, **self.state.summary(), **cache, "status": "finished"}
+        result = {**self.settings.base_summary, **self.state.summary(), **cache, "status": "finished"}
         rundir.write_summary(self.out, result)
         return result
 
     def _train_epoch(self, epoch: int) -> EpochSums:
-        state, data, every = self.state, self.run.data, self.recipe.train.checkpoint_every
+        state, data, every = self.state, self.run.data, self.settings.checkpoint_every
         steps = data.steps_per_epoch
         self.run.model.train()
         self.clock.start_epoch()
@@ -235,11 +185,11 @@ class EpochLoop:
         self.cached = cached = self.cache.load(epoch, self.device) if self.cache else None
         self.collect = [] if self.cache is not None and cached is None and state.step == 0 else None
         row = state.step * data.batch_size  # first row of this step's batch in the epoch's logits
-        for step, (x, y) in enumerate(data.train_batches(epoch, self.recipe.seed, start_step=state.step), state.step):
+        for step, (x, y) in enumerate(data.train_batches(epoch, self.settings.seed, start_step=state.step), state.step):
             self.hooks.before_step()
             t_in = cached[row:row + y.shape[0]] if cached is not None else None
             row += y.shape[0]
-            loss, lr, t_out = fit_step(self.recipe, self.run, self.fwd, sums, epoch, step, x, y, t_in, self.hooks)
+            loss, lr, t_out = fit_step(self.settings, self.run, self.fwd, sums, epoch, step, x, y, t_in, self.hooks)
             if self.collect is not None:
                 self.collect.append(t_out)
             self.clock.seen += y.shape[0]
@@ -256,7 +206,7 @@ class EpochLoop:
 
     def eval_copy(self) -> nn.Module:
         """The model to evaluate: a folded channels_last copy (fast_eval), else the model itself."""
-        return fold.eval_model(self.run.model, fold=self.recipe.runtime.fast_eval, channels_last=self.eval_cl,
+        return fold.eval_model(self.run.model, fold=self.settings.fast_eval, channels_last=self.eval_cl,
                                pairs=self.eval_pairs)
 
     def _after_step(self, epoch: int, step: int, loss: torch.Tensor, lr: float) -> None:
@@ -275,11 +225,11 @@ class EpochLoop:
             self._save([rundir.LAST])
         if stop:
             if self.dd.main:
-                rundir.write_summary(self.out, {**self.base_summary, **self.state.summary(), "status": "interrupted"})
+                rundir.write_summary(self.out, {**self.settings.base_summary, **self.state.summary(), "status": "interrupted"})
             raise Interrupted(self.out, epoch, self.state.step)
 
     def _end_epoch(self, epoch: int, sums: EpochSums) -> None:
-        state, recipe, steps = self.state, self.recipe, self.run.data.steps_per_epoch
+        state, settings, steps = self.state, self.settings, self.run.data.steps_per_epoch
         self._stop_if_bad(sums, epoch)
         acc = sums.totals()
         self._cache_epoch(epoch)
@@ -294,7 +244,7 @@ class EpochLoop:
         self.clock.book(state, train=False)  # this epoch's checkpoint write counts toward the next
         row = None
         if self.dd.main:
-            row = {"epoch": epoch, "lr": float(f"{lr_at(recipe, epoch, steps - 1, steps):.6g}"),
+            row = {"epoch": epoch, "lr": float(f"{lr_at(settings, epoch, steps - 1, steps):.6g}"),
                    "train_loss": round(acc["loss"] / max(acc["count"], 1), 6),
                    "train_top1": round(acc["correct"] / max(acc["count"], 1) * 100, 4),
                    **{f"test_{k}": round(v, 4) for k, v in test.items()},
@@ -307,7 +257,7 @@ class EpochLoop:
             # Crash safety: last.pt is written last. A kill before its rename resumes from the
             # previous last.pt and redoes this epoch, rewriting best.pt/epoch_N.pt identically.
             names = ([rundir.BEST] if is_best else []) + \
-                    ([rundir.epoch_file(epoch)] if epoch in recipe.train.keep_epochs else []) + [rundir.LAST]
+                    ([rundir.epoch_file(epoch)] if epoch in settings.keep_epochs else []) + [rundir.LAST]
             self.track.epoch(row)  # before the checkpoint: a tracker's stream never lags it
             self._save(names)
             self.hooks.after_checkpoints()
@@ -321,7 +271,7 @@ class EpochLoop:
         if self.dd.main:
             rundir.write_metrics(self.out, self.state.history)
             rundir.append_timings(self.out, timing)
-            rundir.write_summary(self.out, {**self.base_summary, **self.state.summary()})
+            rundir.write_summary(self.out, {**self.settings.base_summary, **self.state.summary()})
 
     def _cache_epoch(self, epoch: int) -> None:
         """Count the epoch as a cache hit or miss; store a whole epoch computed in this session."""
@@ -342,7 +292,7 @@ class EpochLoop:
         r = self.run
         ck = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "arch": r.arch,
               "model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
-              "epoch": self.state.epoch, "recipe_hash": self.recipe.hash(), "rng": rng_state(),
+              "epoch": self.state.epoch, "recipe_hash": self.settings.recipe_hash, "rng": rng_state(),
               "teacher_sha256": r.teacher_info["sha256"] if r.teacher_info else None,
               "threads": torch.get_num_threads(), "state": self.state.to_dict()}
         for name in names:
@@ -365,7 +315,7 @@ class EpochLoop:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, recipe: Recipe, steps: int, state: State) -> Iterator:
+def _progress(enabled: bool, settings: LoopSettings, steps: int, state: State) -> Iterator:
     """A rich progress bar with loss, lr and images/s; yields an update function or None."""
     if not enabled:
         yield None
@@ -385,7 +335,7 @@ def _progress(enabled: bool, recipe: Recipe, steps: int, state: State) -> Iterat
                 cur[0] = epoch
                 t0[0], n0[0] = time.perf_counter(), step - 1
             dt = time.perf_counter() - t0[0]
-            ips = (step - n0[0]) * recipe.train.batch_size / dt if dt > 0 else 0.0
-            p.update(task, completed=step, tag=f"epoch {epoch}/{recipe.train.epochs}", loss=loss, lr=lr, ips=ips)
+            ips = (step - n0[0]) * settings.batch_size / dt if dt > 0 else 0.0
+            p.update(task, completed=step, tag=f"epoch {epoch}/{settings.epochs}", loss=loss, lr=lr, ips=ips)
 
         yield update

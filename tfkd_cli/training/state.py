@@ -1,4 +1,5 @@
-"""A run's progress: what a checkpoint restores besides weights, and the clock that books time into it."""
+"""A run's progress: what a checkpoint restores besides weights, the clock that books time into it,
+and an epoch's running sums (`EpochSums`, continued bit for bit from a mid-epoch checkpoint)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+import torch
+import torch.distributed as dist
+
 from tfkd_cli.diagnostics import COLUMNS as DIAGNOSTICS
+from tfkd_cli.diagnostics import EpochDiagnostics
 from tfkd_cli.storage.selection import select_epochs, test_view
+from tfkd_cli.training.runtime import Dist
 
 
 @dataclass
@@ -85,3 +91,75 @@ class Clock:
             state.run_time += now - self.run_mark
             self.run_mark = now
         return now - self.epoch_start
+
+
+class EpochSums:
+    """This rank's running loss/accuracy sums of an epoch, kept on the device (no sync per step)."""
+
+    def __init__(self, acc: dict, dd: Dist, device: torch.device):
+        # Running epoch sums continue exactly from a mid-epoch checkpoint (float64 -> float is exact).
+        ranks = acc.get("ranks")
+        if dd.world > 1 and ranks and len(ranks) == dd.world:  # this rank's share of a DDP checkpoint
+            mine = ranks[dd.rank]
+            acc = {**dict(zip(("loss", "correct", "count"), mine[:3])), **({"diag": mine[3:]} if mine[3:] else {})}
+        self.loss = torch.tensor(acc["loss"], device=device, dtype=torch.float64)
+        self.correct = torch.tensor(acc["correct"], device=device, dtype=torch.int64)
+        self.count = acc["count"]
+        # -- diagnostics (issue #17): the epoch's sums of the loss-term gradient norms, saved in
+        # mid-epoch checkpoints like the loss sums ([g_label sum, g_teacher sum, batches]).
+        self.diag = EpochDiagnostics()
+        if acc.get("diag") and acc["diag"][2]:
+            self.diag = EpochDiagnostics(torch.tensor(acc["diag"][:2], device=device, dtype=torch.float64),
+                                         int(acc["diag"][2]))
+        self.bad_step = torch.full((), -1, device=device, dtype=torch.int64)  # first non-finite step
+        self.dd, self.device = dd, device
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(bad, torch.tensor(step, device=self.device), self.bad_step)
+        n = y.shape[0]
+        self.loss += loss.double() * n
+        self.correct += (logits.argmax(1) == y).sum()
+        self.count += n
+
+    def check_due(self, step: int) -> bool:
+        """Checking for NaN syncs with the device: every step on CPU, every 50 on GPU."""
+        return self.device.type == "cpu" or step % 50 == 49
+
+    def first_bad(self) -> int:
+        """The first non-finite step (0-based) on any rank, or -1. Under DDP every rank calls
+        this at the same steps and takes the max over ranks, so all ranks stop together: a rank
+        that stopped alone would leave the others waiting forever in the next all-reduce."""
+        bad = self.bad_step
+        if self.dd.world > 1:
+            bad = bad.clone()
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return int(bad)
+
+    def _mine(self) -> dict:
+        d = self.diag
+        diag = [0.0, 0.0, 0] if d.sums is None else [*d.sums.tolist(), d.batches]
+        return {"loss": float(self.loss), "correct": int(self.correct), "count": self.count, "diag": diag}
+
+    def snapshot(self) -> dict:
+        """The sums for a mid-epoch checkpoint; with DDP, every rank's own sums."""
+        acc = self._mine()
+        if self.dd.world > 1:
+            mine = torch.tensor([acc["loss"], acc["correct"], acc["count"], *acc["diag"]], dtype=torch.float64,
+                                device=self.device)
+            parts = [torch.empty_like(mine) for _ in range(self.dd.world)]
+            dist.all_gather(parts, mine)
+            acc["ranks"] = [[float(p[0]), int(p[1]), int(p[2]), float(p[3]), float(p[4]), int(p[5])] for p in parts]
+        return acc
+
+    def totals(self) -> dict:
+        """The epoch's sums over all ranks; "diag": the diagnostics' metrics.csv columns."""
+        acc = self._mine()
+        if self.dd.world > 1:
+            t = torch.tensor([acc["loss"], acc["correct"], acc["count"], *acc["diag"]], dtype=torch.float64,
+                             device=self.device)
+            dist.all_reduce(t)
+            acc = {"loss": float(t[0]), "correct": int(t[1]), "count": int(t[2]), "diag": t[3:].tolist()}
+        gl, gt, n = acc["diag"]
+        acc["diag"] = EpochDiagnostics(torch.tensor([gl, gt], dtype=torch.float64), int(n) if n else 0).row()
+        return acc
