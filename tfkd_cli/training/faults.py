@@ -1,4 +1,4 @@
-"""Fault injection for the crash-safety tests: loop hooks, off unless their environment
+"""Test-only fault injection (the crash-safety tests): loop `Hooks`, off unless their environment
 variables are set.
 
 TFKD_FAULT=<name>:<n> SIGKILLs the process the n-th time the named point is reached. Points:
