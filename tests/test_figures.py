@@ -1,4 +1,4 @@
-"""table.png (reproduce/figures.py): what the gain panel draws, read off the matplotlib artists
+"""table.png (tables/figures.py): what the gain panel draws, read off the matplotlib artists
 of `build_figure` before anything is saved. Fixtures: hand-built table.json dicts read through
 `Results.from_dict` (the schema), numbers from the committed smoke table (results/table3/smoke)."""
 

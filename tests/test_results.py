@@ -1,4 +1,4 @@
-"""table.json's schema (reproduce/results.py): typed results written and read through one
+"""table.json's schema (tables/results.py): typed results written and read through one
 pair, tables from older code recognised as such, tables from newer code refused."""
 
 import json

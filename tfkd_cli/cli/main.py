@@ -1,7 +1,7 @@
 """The `tfkd` command line: the group, the training commands, evaluate and models.
 
 The commands over many runs (reproduce, sweep, compare, plot) live in cli/tables.py, the
-options they share with these in cli_options.py.
+options they share with these in cli/options.py.
 
 Every training command resolves one recipe (defaults < dataset profile < --recipe file <
 --set key=value < shortcut flags), then hands it to the engine. User errors print one line

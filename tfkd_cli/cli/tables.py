@@ -134,7 +134,7 @@ def _plot(runs: list[str], out: str, metrics: Optional[list[str]]) -> None:
     click.echo(f"wrote {out} ({', '.join(drawn)})")
 
 
-# -- sweep (self-contained: grid, plan and report live in tfkd_cli/reproduce/sweep*.py) ------
+# -- sweep (self-contained: grid, plan and report live in tfkd_cli/sweep/) ----------------------
 
 @click.command()
 @training_options()

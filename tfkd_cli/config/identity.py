@@ -7,7 +7,7 @@ method does not read). Everything that names a run derives from it, here and now
 - `recipe_hash` (16 hex), stored in checkpoints and summaries: a resume must continue the same
   numbers. It leaves out which files a run keeps (`keep_epochs`, `checkpoint_every`).
 - `run_key` (10 hex) and `run_name` (`<model>_<method>_s<seed>_<key>`): a run directory of a
-  table or sweep, and its committed record (`reproduce/records.py`). The key keeps the kept
+  table or sweep, and its committed record (`tables/records.py`). The key keeps the kept
   files (a run directory must hold the files asked of it) and names a teacher run by the
   teacher's own key, not by its path, so the name is the same on every machine.
 - `digest`: the one hash function, also keying the teacher-logit cache (`teacher_cache.py`).

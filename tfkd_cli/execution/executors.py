@@ -1,5 +1,5 @@
 """Executors: how a plan's runs are placed. `local` runs them on this machine (runner.run_plan:
---jobs, --devices), `slurm` submits one Slurm job per run (reproduce/slurm.py, submitit)."""
+--jobs, --devices), `slurm` submits one Slurm job per run (slurm.py, submitit)."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def _f(x: Optional[float], sign: bool = False) -> str:
 
 
 def records_note(folder: Path, res: R.Results) -> str:
-    """Whether the run records behind a results folder are all there (reproduce/records.py)."""
+    """Whether the run records behind a results folder are all there (tables/records.py)."""
     named = {d for r in res.rows for c in r.cells.values() for d in c.runs
              if not Path(d).is_absolute() and "/" not in d}  # release files are paths, runs are names
     held = {d.name for d in records.folder(folder).glob("*") if records.find(d.name, [records.folder(folder)])}

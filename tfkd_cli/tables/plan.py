@@ -45,7 +45,7 @@ class PlannedRun:
     legacy_key: Optional[str] = None  # the key identity version 1 gave it
     deps: list[tuple[str, int]] = field(default_factory=list)  # (run id, seed) it needs finished
     release: Optional[Path] = None  # set when the authors' released weights stand in for it
-    record: Optional[Path] = None  # its finished record (reproduce/records.py), when there is one
+    record: Optional[Path] = None  # its finished record (tables/records.py), when there is one
 
     @property
     def source(self) -> Path:
