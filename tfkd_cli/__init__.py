@@ -3,10 +3,7 @@
 The public Python API (`__all__`; README "Use Tf-KD in your own training loop"):
 
     from tfkd_cli import losses             # ce, kd, kd_self, tfkd_reg, lsr and CE, KD, KDSelf, TfKDReg, LSR
-    from tfkd_cli import build_model
-    from tfkd_cli import eval_model
-    from tfkd_cli import teacher_share
-    from tfkd_cli import ConfigError
+    from tfkd_cli import build_model, eval_model, teacher_share, ConfigError
 
 - `losses`: the five methods' losses as pure functions and as nn.Modules, with the controls
   (`uniform_teacher=True`, `CE(label_weight=w)`); formulas and official-vs-paper semantics in
