@@ -139,7 +139,7 @@ def executor_options(f):
 
 
 def executor_args(kw: dict) -> dict:
-    """--executor/--slurm-*/--cluster/--status values -> api.reproduce keyword arguments."""
+    """--executor/--slurm-*/--cluster/--status values -> keyword arguments of execution.reproduce.reproduce."""
     out = {"executor": kw.pop("executor"), "status": kw.pop("status")}
     cluster_file = kw.pop("cluster_file")
     flags = {k[len("slurm_"):]: kw.pop(k) for k in list(kw) if k.startswith("slurm_")}
