@@ -167,8 +167,11 @@ def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
 
 
 def test_two_processes_split_the_table(recipes, tmp_path):
+    """Two `reproduce` processes, two workers each, on one runs folder: every run is started by
+    exactly one of them (a run is claimed before its child process starts, not only locked once
+    the child has loaded)."""
     runs = tmp_path / "runs"
-    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--jobs", "1", "--runs-dir", runs,
+    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--jobs", "2", "--runs-dir", runs,
                   "--out", tmp_path / f"res{i}", cwd=tmp_path) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

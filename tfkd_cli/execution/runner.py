@@ -3,7 +3,8 @@
 Each run is a child process (`tfkd run RECIPE --out DIR --resume`), so a crash or an OOM in
 one run cannot take the others down, and `--jobs N` runs N independent runs at once, each
 with its share of CPU threads or its own device. Two `reproduce` processes on one table
-split the pending runs: a run locked by another live process is left to it and waited for.
+split the pending runs: a run claimed (`rundir.Claim`) or locked by another live process is
+left to it and waited for.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Job:
     proc: subprocess.Popen
     log: Path
     started: float
+    claim: rundir.Claim
 
 
 def dir_status(p: PlannedRun) -> Optional[str]:
@@ -150,7 +152,7 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
                 sched.reap(job)
             started = sched.start_ready()
             if sched.todo and not sched.active and not started:
-                if not any(rundir.is_locked(p.dir) for p in sched.todo):
+                if not any(rundir.is_locked(p.dir) or _claimed(p) for p in sched.todo):
                     stuck = ", ".join(p.name for p in sched.todo)
                     raise RuntimeError(f"plan cannot progress: {stuck}")  # a bug, not user input
             if sched.active or sched.todo:
@@ -163,6 +165,15 @@ def run_plan(plan: list[PlannedRun], *, jobs: int = 1, devices: Optional[list[st
                 job.proc.kill()
         raise
     return sched.state
+
+
+def _claimed(p: PlannedRun) -> bool:
+    """Whether another process has claimed `p` (taking and dropping our own claim to find out)."""
+    c = rundir.Claim(p.dir)
+    if c.take():
+        c.drop()
+        return False
+    return True
 
 
 class _Scheduler:
@@ -189,6 +200,7 @@ class _Scheduler:
         if rc is None:
             return
         self.active.remove(job)
+        job.claim.drop()
         p = job.run
         if rc == 0 and rundir.is_finished(p.dir):
             self.state[p.dir] = FINISHED
@@ -224,12 +236,16 @@ class _Scheduler:
                 self.todo.remove(p)
                 self.state[p.dir] = st
                 continue
-            if rundir.is_locked(p.dir):
-                continue  # being run by another process; check again later
+            claim = rundir.Claim(p.dir)
+            if rundir.is_locked(p.dir) or not claim.take():
+                continue  # being run (or being started) by another process; check again later
             self.todo.remove(p)
             started = True
             if self.jobs == 1:
-                st = _run_inline(p, self.log)
+                try:
+                    st = _run_inline(p, self.log)
+                finally:
+                    claim.drop()
                 if st == LOCKED:
                     self.todo.append(p)
                 else:
@@ -237,10 +253,10 @@ class _Scheduler:
                     if st == FINISHED:
                         self.on_finished(p)
             else:
-                self.active.append(self._spawn(p))
+                self.active.append(self._spawn(p, claim))
         return started
 
-    def _spawn(self, p: PlannedRun) -> Job:
+    def _spawn(self, p: PlannedRun, claim: rundir.Claim) -> Job:
         """`tfkd run` of the run's resolved recipe in a child process, logging to runs/.logs/."""
         p.dir.mkdir(parents=True, exist_ok=True)
         recipe_file = p.dir.parent / ".plans" / f"{p.dir.name}.yaml"
@@ -254,4 +270,4 @@ class _Scheduler:
             proc = subprocess.Popen(_command(p, recipe_file, self.threads, device), stdout=fh,
                                     stderr=subprocess.STDOUT)
         self.log(f"start  {p.name:28s} -> {p.dir.name}")
-        return Job(p, proc, logf, time.time())
+        return Job(p, proc, logf, time.time(), claim)

@@ -309,6 +309,37 @@ def is_locked(run: Path) -> bool:
     return False
 
 
+class Claim:
+    """A `reproduce` process's claim on a run it is about to start, held until its child exits.
+
+    A child run takes the run's `.lock` only once its interpreter and torch have loaded
+    (seconds), so two processes sharing a runs folder would both see the run unlocked and both
+    spawn it. The claim closes that window: a flock on `<runs>/.claims/<run>`, taken before the
+    spawn, dropped by the kernel if the claiming process dies.
+    """
+
+    def __init__(self, run: Path):
+        self.path = Path(run).parent / ".claims" / Path(run).name
+        self._fd: Optional[int] = None
+
+    def take(self) -> bool:
+        """Claim the run; False when another live process holds the claim."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held elsewhere (or no flock here: the run's own lock still guards it)
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def drop(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the file stays: unlinking would race a waiting process's open
+            self._fd = None
+
+
 # -- provenance ----------------------------------------------------------------------
 
 

@@ -101,10 +101,12 @@ def stopped_by_teacher(treated: Cell, compared: Cell, baseline: Cell, controls: 
                        chance: float, name: str = "treated", th: Thresholds = DEFAULT) -> Optional[str]:
     """Why the treated run's failure to train is the teacher's doing, else None: the baseline
     and the compared run trained, the treated run did not, and every control (`controls`, both
-    kinds) trained. The controls keep the treated run's loss weights and drop the teacher, so
+    kinds) trained, each with a known train top-1 (a pending control has none). The controls keep the treated run's loss weights and drop the teacher, so
     the loss scaling alone trains; what starved the treated run is its teacher."""
-    if not controls or not_trained(baseline, "baseline", chance, None, th) \
-            or not_trained(compared, "compared", chance, baseline, th):
+    known = (baseline, compared, *controls.values())
+    if not controls or any(c.train_top1_mean is None for c in known):
+        return None  # a pending (or older, train-less) run cannot vouch that it trained
+    if not_trained(baseline, "baseline", chance, None, th) or not_trained(compared, "compared", chance, baseline, th):
         return None
     why = not_trained(treated, name, chance, baseline, th)
     if why is None or any(not_trained(c, n, chance, baseline, th) for n, c in controls.items()):
