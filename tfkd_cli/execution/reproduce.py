@@ -59,7 +59,7 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
                       "release " + str(p.release) if p.external else st, _hms(secs)])
     head = tabulate(lines, headers=["run", "what", "epochs", "batch", "lr", "needs", "status", "est. time"])
     total = sum(w[1] for w in work)
-    how = "per-image times measured per model (tfkd_cli/reproduce/cost.py)"  # printed text: kept as before
+    how = "per-image times measured per model (tfkd_cli/execution/cost.py)"
     if cal.records and not device.startswith("cuda"):
         how += (f", scaled by the measured times of {cal.records} committed run records "
                 f"(matched by {', '.join(sorted(used))}); machines differ up to 3x")

@@ -79,8 +79,8 @@ def _command(p: PlannedRun, recipe_file: Path, threads: int, device: Optional[st
 
 def _run_inline(p: PlannedRun, log: Callable[[str], None]) -> str:
     """One run in this process (jobs=1): no interpreter start-up, and the progress bar shows."""
-    from tfkd_cli.training.engine import Interrupted, train
-    from tfkd_cli.errors import RunFailed, TfkdError
+    from tfkd_cli.errors import Interrupted, RunFailed, TfkdError
+    from tfkd_cli.training.engine import train
 
     log(f"start  {p.name:28s} -> {p.dir.name}")
     t0 = time.time()

@@ -172,7 +172,7 @@ def _details(res: Results) -> str:
                 picked.setdefault(d, [c.name, d, pk.epoch, fmt(pk.top1), fmt(pk.final_top1),
                                       f"{pk.ratio:.3f}", f"{c.ratio:.2f}"])
     if picked:
-        out += "\nPt-teachers chosen by strength (tfkd_cli/strength.py: the epoch whose test top-1 / the run's " \
+        out += "\nPt-teachers chosen by strength (tfkd_cli/storage/strength.py: the epoch whose test top-1 / the run's " \
                "final test top-1 is nearest the paper's ratio; the students loaded these epochs):\n\n"
         out += tabulate(list(picked.values()), headers=["teacher", "run", "epoch", "test top-1", "final test top-1",
                                                         "ratio", "paper ratio"], tablefmt="github") + "\n"

@@ -32,15 +32,14 @@ from tfkd_cli.training import faults
 from tfkd_cli.storage import rundir
 from tfkd_cli.training import tracking
 from tfkd_cli.training.build import Run, build_run
-from tfkd_cli.errors import Interrupted, TfkdError
+from tfkd_cli.errors import TfkdError
 from tfkd_cli.training.loop import EpochLoop, LoopSettings
 from tfkd_cli.models import count_params
 from tfkd_cli.config.recipe import Recipe, dump
-from tfkd_cli.training.runtime import Dist, init_distributed, rng_state, seed_everything, set_rng_state, wrap
+from tfkd_cli.training.runtime import Dist, init_distributed, set_rng_state, wrap
 from tfkd_cli.training.state import State
 
-# Kept importable from here for older callers (reproduce's runner, the RNG round-trip test).
-__all__ = ["train", "Interrupted", "seed_everything", "rng_state", "set_rng_state"]
+__all__ = ["train"]
 
 
 def train(recipe: Recipe, out: Path, *, resume: bool = False, overwrite: bool = False,
