@@ -65,7 +65,7 @@ def setup_reference(spec: dict):
 
     from tfkd_cli.data.registry import read_split
     from tfkd_cli.data.reference import ReferenceDataset, official_train_transform
-    from tfkd_cli.runtime import select_device
+    from tfkd_cli.training.runtime import select_device
     from tfkd_cli.models import build_model
 
     device = select_device(spec["device"])
@@ -143,8 +143,8 @@ def loss_bench(device_spec: str, reps: int) -> dict:
 
     import torch
 
-    from tfkd_cli.runtime import select_device
-    from tfkd_cli.losses import build_loss
+    from tfkd_cli.training.runtime import select_device
+    from tfkd_cli.methods import build_loss
 
     warnings.filterwarnings("ignore", message="reduction: 'mean' divides")
     device = select_device(device_spec)

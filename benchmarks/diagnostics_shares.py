@@ -3,7 +3,7 @@
 
 A resnet18 (--width) teacher is trained with CE on digits for --epochs; then one student per
 family (the same architecture, so the teacher is also the kd_self "pre-trained copy of the
-student") trains for --epochs with that family's loss (tfkd_cli.losses.build_loss, SGD momentum
+student") trains for --epochs with that family's loss (tfkd_cli.methods.build_loss, SGD momentum
 0.9, wd 5e-4, lr 0.1 x batch/128, the in-memory augmented batches of tfkd_cli.data). On every
 training batch the diagnostics (tfkd_cli.diagnostics.term_norms, on the logits, under no_grad)
 are accumulated per epoch (EpochDiagnostics). Printed per family: the share on the first batch
@@ -24,7 +24,7 @@ import torch
 
 from tfkd_cli.data import build_data
 from tfkd_cli.diagnostics import EpochDiagnostics, term_norms
-from tfkd_cli.losses import build_loss
+from tfkd_cli.methods import build_loss
 from tfkd_cli.models import build_model
 
 # method, loss params (the official configs, tables.md §2.4), diagnostics-only params, label

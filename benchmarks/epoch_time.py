@@ -36,7 +36,7 @@ MODELS = "resnet18,mobilenetv2,shufflenetv2,resnet50,resnext29_8x64d,googlenet"
 
 
 def mini_recipe(model: str, root: str, threads: int, channels_last: bool, fast_eval: bool):
-    from tfkd_cli.recipe import Recipe
+    from tfkd_cli.config.recipe import Recipe
 
     scale = yaml.safe_load((ROOT / "recipes/scales/mini.yaml").read_text())
     ov = scale["overrides"]
@@ -49,7 +49,7 @@ def mini_recipe(model: str, root: str, threads: int, channels_last: bool, fast_e
 
 
 def one_epoch(recipe) -> dict:
-    from tfkd_cli.engine import train
+    from tfkd_cli.training.engine import train
 
     with tempfile.TemporaryDirectory() as d:
         s = train(recipe, Path(d) / "run", progress=False, log=lambda _: None)

@@ -124,7 +124,7 @@ def _random_teacher(spec: dict, folder: Path) -> Path:
     """A random-init resnet18 tfkd checkpoint: the same cost as a trained teacher."""
     import torch
 
-    from tfkd_cli import checkpoint as ckpt_io
+    from tfkd_cli.storage import checkpoint as ckpt_io
     from tfkd_cli.data.registry import read_split
     from tfkd_cli.models import build_model
 
@@ -138,11 +138,12 @@ def _random_teacher(spec: dict, folder: Path) -> Path:
 
 def setup_tfkd(spec: dict):
     """The engine's loop: returns (device, step_fn, batch iterator, finish)."""
-    from tfkd_cli.build import build_run
-    from tfkd_cli.loop import EpochSums, fit_step
-    from tfkd_cli.recipe import LossCfg, Recipe
-    from tfkd_cli.runtime import Dist, select_device, wrap
-    from tfkd_cli.state import State
+    from tfkd_cli.training.build import build_run
+    from tfkd_cli.training.loop import fit_step
+    from tfkd_cli.training.state import EpochSums
+    from tfkd_cli.config.recipe import LossCfg, Recipe
+    from tfkd_cli.training.runtime import Dist, select_device, wrap
+    from tfkd_cli.training.state import State
 
     device = select_device(spec["device"])
     recipe = Recipe(model=spec["model"], width=spec["width"], method=spec["method"], seed=0,
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tfkd_cli.errors import TfkdError
     from tfkd_cli.models import canonical_name
-    from tfkd_cli.runtime import select_device
+    from tfkd_cli.training.runtime import select_device
 
     try:
         device = select_device(args.device)

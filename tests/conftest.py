@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli.cli import cli
+from tfkd_cli.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

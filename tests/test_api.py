@@ -14,7 +14,7 @@ import torchvision
 import tfkd_cli
 from tfkd_cli import losses
 from tfkd_cli.methods import METHODS, build_loss
-from tfkd_cli.recipe import resolve_run
+from tfkd_cli.config.recipe import resolve_run
 
 from conftest import ROOT, fail
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir
+from tfkd_cli.storage import checkpoint as ckpt_io
+from tfkd_cli.storage import rundir
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.models import build_model
 
@@ -138,9 +138,9 @@ def test_out_under_a_regular_file(tmp_path):
 
 
 def test_out_is_a_regular_file_engine(tmp_path):
-    from tfkd_cli.engine import train
+    from tfkd_cli.training.engine import train
     from tfkd_cli.errors import TfkdError
-    from tfkd_cli.recipe import resolve_run
+    from tfkd_cli.config.recipe import resolve_run
 
     f = tmp_path / "file"
     f.write_text("keep me\n")

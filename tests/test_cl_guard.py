@@ -1,4 +1,4 @@
-"""The CPU channels_last guard (tfkd_cli.cl_guard): one thread for exactly the odd channels_last
+"""The CPU channels_last guard (tfkd_cli.training.channels_last): one thread for exactly the odd channels_last
 CPU steps, all threads otherwise, restored afterwards. Run in a subprocess with two threads,
 so that a segfault in the guarded backward fails the test instead of killing pytest."""
 
@@ -10,7 +10,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import torch
-    from tfkd_cli import cl_guard
+    from tfkd_cli.training import channels_last as cl_guard
     torch.set_num_threads(2)
     cl = torch.channels_last
     conv = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False).to(memory_format=cl)

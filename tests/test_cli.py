@@ -10,11 +10,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from tfkd_cli.checkpoint import sha256
-from tfkd_cli.cli import cli
+from tfkd_cli.storage.checkpoint import sha256
+from tfkd_cli.cli.main import cli
 from tfkd_cli.methods import METHODS
 from tfkd_cli.models import build_model
-from tfkd_cli.recipe import from_dict
+from tfkd_cli.config.recipe import from_dict
 
 from conftest import run_cli
 
@@ -239,7 +239,7 @@ def test_teacher_logits_shared_between_students(teacher, tmp_path):
 def test_channels_last_on_a_multithreaded_cpu_is_kept_not_crashed(tmp_path, threads, kept):
     """torch 2.14's CPU backward of a strided 1x1 conv in channels_last segfaults on odd batches
     with >1 thread; digits' last batch (1437 % 128 = 29) is odd and ResNet18 has such convs.
-    channels_last stays on: tfkd_cli.cl_guard runs that one step with one thread.
+    channels_last stays on: tfkd_cli.training.channels_last runs that one step with one thread.
     A subprocess, so that a crash fails this test instead of killing the test session."""
     out = tmp_path / "run"
     p = run_cli(["train-teacher", *TINY, "--channels-last", "--set", f"runtime.threads={threads}", "--out", out],

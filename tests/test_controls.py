@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import build_loss
-from tfkd_cli.recipe import from_dict
+from tfkd_cli.methods import build_loss
+from tfkd_cli.config.recipe import from_dict
 
 from conftest import fail
 
@@ -119,7 +119,7 @@ def test_bad_control_input_is_one_line(args, expect, tmp_path):
 def test_uniform_teacher_dry_run_resolves(tmp_path):
     from click.testing import CliRunner
 
-    from tfkd_cli.cli import cli
+    from tfkd_cli.cli.main import cli
 
     r = CliRunner().invoke(cli, ["distill", "--teacher", "uniform", "--dataset", "digits", "--dry-run"])
     assert r.exit_code == 0, r.output
@@ -133,10 +133,10 @@ def _fake_results(tmp_path, values):
     (test top-1, train top-1, teacher_share)."""
     import json
 
-    from tfkd_cli.reproduce import report
-    from tfkd_cli.reproduce.controls import add_controls
-    from tfkd_cli.reproduce.plan import build_plan
-    from tfkd_cli.reproduce.spec import load_scale, load_table
+    from tfkd_cli.tables import report
+    from tfkd_cli.tables.controls import add_controls
+    from tfkd_cli.tables.plan import build_plan
+    from tfkd_cli.tables.spec import load_scale, load_table
 
     table, scale = add_controls(load_table("table3")), load_scale("smoke")
     plan = build_plan(table, scale, [0, 1], tmp_path / "runs")
@@ -165,8 +165,9 @@ def _values(rid):
 
 
 def test_report_verdicts_and_controls(tmp_path):
-    from tfkd_cli.reproduce import render, report
-    from tfkd_cli.reproduce.compare import tally
+    from tfkd_cli.tables import render
+    from tfkd_cli.tables import report
+    from tfkd_cli.tables.compare import tally
 
     res = _fake_results(tmp_path, _values)
     claims = {r.label: r.claims[0] for r in res.rows}
@@ -206,8 +207,8 @@ def test_a_control_within_noise_means_no(tmp_path):
 def test_compare_counts_the_three_outcomes(tmp_path):
     from click.testing import CliRunner
 
-    from tfkd_cli.cli import cli
-    from tfkd_cli.reproduce import report
+    from tfkd_cli.cli.main import cli
+    from tfkd_cli.tables import report
 
     def values(rid):  # one claim no: a student below its baseline
         if rid.startswith(("mv2_from_r18pt~", "mv2_from_r50pt~")):  # one run, content-addressed

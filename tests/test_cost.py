@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from tfkd_cli.recipe import Recipe, dump
-from tfkd_cli.reproduce import cost, runner
+from tfkd_cli.config.recipe import Recipe, dump
+from tfkd_cli.execution import cost
+from tfkd_cli.execution import runner
 
 
 def _record(folder, recipe: Recipe, run_time_s: float, device: str = "cpu", teacher=None):
@@ -53,7 +54,7 @@ def test_calibration_matches_model_and_dataset_then_model_then_all(tmp_path):
 def test_dry_run_prints_wall_time_as_workers(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from tfkd_cli.cli import cli
+    from tfkd_cli.cli.main import cli
 
     monkeypatch.chdir(tmp_path)  # no committed records here: uncalibrated
     r = CliRunner().invoke(cli, ["reproduce", "table3", "--scale", "smoke", "--dry-run", "--jobs", "2"])

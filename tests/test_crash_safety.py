@@ -23,9 +23,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import engine, rundir
-from tfkd_cli.cli import cli
+from tfkd_cli.storage import checkpoint as ckpt_io
+from tfkd_cli.training import runtime
+from tfkd_cli.storage import rundir
+from tfkd_cli.cli.main import cli
 
 from conftest import DIGITS, ROOT, cli_cmd, cli_env, run_cli
 
@@ -155,12 +156,12 @@ def test_dropout_model_resumes_exactly(tmp_path):
 
 
 def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
-    engine.seed_everything(123)
+    runtime.seed_everything(123)
     torch.rand(5), np.random.rand(3), random.random()
-    ckpt_io.save(tmp_path / "c.pt", {"rng": engine.rng_state()})
+    ckpt_io.save(tmp_path / "c.pt", {"rng": runtime.rng_state()})
     want = (torch.rand(7), np.random.rand(7), [random.random() for _ in range(7)])
-    engine.seed_everything(0)
-    engine.set_rng_state(ckpt_io.load(tmp_path / "c.pt")["rng"])
+    runtime.seed_everything(0)
+    runtime.set_rng_state(ckpt_io.load(tmp_path / "c.pt")["rng"])
     got = (torch.rand(7), np.random.rand(7), [random.random() for _ in range(7)])
     assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from tfkd_cli import checkpoint as ckpt_io
-from tfkd_cli import rundir
+from tfkd_cli.storage import checkpoint as ckpt_io
+from tfkd_cli.storage import rundir
 from tfkd_cli.data import build_data
-from tfkd_cli.loading import load_model
+from tfkd_cli.storage.loading import load_model
 from tfkd_cli.metrics import evaluate
 
 pytestmark = [pytest.mark.slow,  # real training processes: minutes; deselect with -m "not slow"

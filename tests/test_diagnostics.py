@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tfkd_cli.diagnostics import EpochDiagnostics, share, term_grads, term_norms
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import build_loss
+from tfkd_cli.methods import build_loss
 
 N, K = 6, 9
 SEMANTICS = ("official", "paper")
@@ -179,9 +179,9 @@ def test_epoch_sums_keep_the_diagnostics_across_a_mid_epoch_checkpoint():
     """The diagnostics' epoch sums go into a mid-epoch checkpoint's acc and come back bit for bit,
     so a resumed epoch writes the same grad_label/grad_teacher/teacher_share as an uninterrupted one."""
     from tfkd_cli.diagnostics import term_norms
-    from tfkd_cli.loop import EpochSums
-    from tfkd_cli.runtime import Dist
-    from tfkd_cli.state import State
+    from tfkd_cli.training.state import EpochSums
+    from tfkd_cli.training.runtime import Dist
+    from tfkd_cli.training.state import State
 
     g = torch.Generator().manual_seed(3)
     batches = [(torch.randn(8, 10, generator=g) * 4, torch.randint(0, 10, (8,), generator=g)) for _ in range(4)]

@@ -1,4 +1,4 @@
-"""table.png (reproduce/figures.py): what the gain panel draws, read off the matplotlib artists
+"""table.png (tables/figures.py): what the gain panel draws, read off the matplotlib artists
 of `build_figure` before anything is saved. Fixtures: hand-built table.json dicts read through
 `Results.from_dict` (the schema), numbers from the committed smoke table (results/table3/smoke)."""
 
@@ -10,8 +10,8 @@ import matplotlib
 import pytest
 from matplotlib.container import BarContainer
 
-from tfkd_cli.reproduce import results as R
-from tfkd_cli.reproduce.figures import CONTROL, OURS, PAPER, build_figure, gain_figure, partial_note
+from tfkd_cli.tables import results as R
+from tfkd_cli.tables.figures import CONTROL, OURS, PAPER, build_figure, gain_figure, partial_note
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.losses import build_loss, virtual_teacher
+from tfkd_cli.losses import virtual_teacher
+from tfkd_cli.methods import build_loss
 
 N, K = 5, 7
 

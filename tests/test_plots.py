@@ -8,8 +8,9 @@ import statistics
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli import plots, rundir
-from tfkd_cli.cli import cli
+from tfkd_cli.tables import curves, figures
+from tfkd_cli.storage import rundir
+from tfkd_cli.cli.main import cli
 
 # 160 images / batch 32 = 5 steps per epoch; two epochs.
 TINY = ["--dataset", "digits", "--epochs", "2", "--per-class", "16", "--batch-size", "32", "--width", "0.125",
@@ -56,9 +57,9 @@ def test_optional_columns_are_drawn_where_a_run_has_them(runs, tmp_path):
     out = tmp_path / "share.png"
     r = run("plot", runs / "mv2", extra, "--out", out)
     assert "(test_top1, train_top1, train_loss, lr, teacher_share)" in r.stdout
-    c = plots.load_curves(extra)
+    c = curves.load_curves(extra)
     assert c.columns["teacher_share"] == [0.5, 0.6] and c.epochs == [1, 2]
-    assert math.isnan(plots._number(""))  # a run without the column reads as missing, not 0
+    assert math.isnan(curves._number(""))  # a run without the column reads as missing, not 0
 
 
 def test_unknown_metric_names_the_available_ones(runs, tmp_path):
@@ -106,20 +107,20 @@ def _metric(run_dir, col):
 
 
 def test_band_is_mean_and_std_over_seeds(runs):
-    a, b = plots.load_curves(runs / "r18"), plots.load_curves(runs / "mv2")
-    epochs, mean, std = plots.band([a, b])
+    a, b = curves.load_curves(runs / "r18"), curves.load_curves(runs / "mv2")
+    epochs, mean, std = curves.band([a, b])
     ta, tb = _metric(runs / "r18", "test_top1"), _metric(runs / "mv2", "test_top1")
     assert epochs == [1, 2]
     assert mean == [statistics.fmean(p) for p in zip(ta, tb)]
     assert std == [statistics.stdev(p) for p in zip(ta, tb)]
-    assert plots.band([a]) == ([1, 2], ta, [0.0, 0.0])
+    assert curves.band([a]) == ([1, 2], ta, [0.0, 0.0])
 
 
 def test_table_curves(runs, tmp_path):
     """One panel per row; a cell read at an epoch (De-KD teacher) stops there; released files are skipped."""
     from dataclasses import replace
 
-    from tfkd_cli.reproduce.results import Results
+    from tfkd_cli.tables.results import Results
 
     table = {"table": "t", "header": {"scale": "tiny"},
              "columns": [{"key": "teacher", "title": "Pt-Teacher"}, {"key": "student", "title": "Student"}],
@@ -129,9 +130,9 @@ def test_table_curves(runs, tmp_path):
                  {"label": "row B", "cells": {"teacher": {"runs": [str(tmp_path / "base_resnet18")]}}}]}
     res = Results.from_dict(table)  # a table.json of older code: no schema field
     out = tmp_path / "curves.png"
-    assert plots.table_curves(res, out) and out.read_bytes().startswith(PNG)
-    cut = plots._cell_curves(res.rows[0].cells["teacher"])
+    assert figures.table_curves(res, out) and out.read_bytes().startswith(PNG)
+    cut = curves.cell_curves(res.rows[0].cells["teacher"])
     assert [c.epochs for c in cut] == [[1]] and cut[0].columns["test_top1"] == _metric(runs / "r18", "test_top1")[:1]
-    assert plots._cell_curves(res.rows[1].cells["teacher"]) == []
+    assert curves.cell_curves(res.rows[1].cells["teacher"]) == []
     empty = replace(res, rows=res.rows[1:])
-    assert not plots.table_curves(empty, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    assert not figures.table_curves(empty, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

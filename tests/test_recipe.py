@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.recipe import Recipe, dump, from_dict, parse_set, resolve, resolve_run
+from tfkd_cli.config.recipe import Recipe, dump, from_dict, parse_set, resolve, resolve_run
 
 
 def write(p, text):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tfkd_cli.cli_tables import parse_seeds
+from tfkd_cli.cli.tables import parse_seeds
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.recipe import recipes_dir
-from tfkd_cli.reproduce import records
+from tfkd_cli.config.recipe import recipes_dir
+from tfkd_cli.tables import records
 
 from conftest import cli_cmd
 
@@ -192,9 +192,9 @@ def test_rerun_writes_elsewhere_and_lists_the_cells_that_differ(one_go, recipes,
 
 
 def test_interrupt_says_what_finished_and_how_to_continue(one_go, recipes, tmp_path, monkeypatch):
-    from tfkd_cli.reproduce import api
-    from tfkd_cli.reproduce.plan import build_plan
-    from tfkd_cli.reproduce.spec import load_scale, load_table
+    from tfkd_cli.execution import reproduce as api
+    from tfkd_cli.tables.plan import build_plan
+    from tfkd_cli.tables.spec import load_scale, load_table
 
     shutil.copytree(one_go / "runs", tmp_path / "runs")
     monkeypatch.setenv("TFKD_RECIPES", str(recipes))
@@ -227,9 +227,9 @@ def test_a_damaged_record_is_no_record(tmp_path):
 @pytest.mark.parametrize("k, want", [(12, 100 / 12), (None, 1.0)])  # unknown K: CIFAR-100's
 def test_chance_is_the_recorded_class_count(tmp_path, k, want):
     """A folder dataset's K is known only from its runs: verdicts read chance from the summary."""
-    from tfkd_cli.recipe import from_dict
-    from tfkd_cli.reproduce.plan import PlannedRun
-    from tfkd_cli.reproduce.report import _chance
+    from tfkd_cli.config.recipe import from_dict
+    from tfkd_cli.tables.plan import PlannedRun
+    from tfkd_cli.tables.report import _chance
 
     run = tmp_path / "r"
     run.mkdir()

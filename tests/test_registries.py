@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli.cli import cli
+from tfkd_cli.cli.main import cli
 from tfkd_cli.data.registry import DATASETS
-from tfkd_cli.losses import METHODS, PARAMS, build_loss
-from tfkd_cli.recipe import LossCfg, Recipe, from_dict
-from tfkd_cli.reproduce import cost
+from tfkd_cli.losses import PARAMS
+from tfkd_cli.methods import METHODS, build_loss
+from tfkd_cli.config.recipe import LossCfg, Recipe, from_dict
+from tfkd_cli.execution import cost
 
 
 # -- the method registry ---------------------------------------------------------------

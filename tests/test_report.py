@@ -2,8 +2,8 @@
 
 import math
 
-from tfkd_cli.reproduce.report import _noise
-from tfkd_cli.reproduce.results import Cell, Row
+from tfkd_cli.tables.report import _noise
+from tfkd_cli.tables.results import Cell, Row
 
 
 def cell(mean, std, n):
@@ -30,7 +30,7 @@ def test_single_seed_has_unknown_noise():
 
 def test_git_commit_is_read_once_per_process(monkeypatch):
     """A long reproduce must record the commit of the code it loaded, not a HEAD that moved."""
-    from tfkd_cli import rundir
+    from tfkd_cli.storage import rundir
 
     first = rundir.git_commit()  # a process's first run reads it
 
@@ -43,8 +43,8 @@ def test_git_commit_is_read_once_per_process(monkeypatch):
 
 def test_row_label_shows_the_epoch_the_scale_used():
     """Issue #22: the smoke table's ResNet50 pt-teacher trained 1 epoch, not the paper's 51."""
-    from tfkd_cli.reproduce.render import row_label
-    from tfkd_cli.reproduce.report import _shown_label
+    from tfkd_cli.tables.render import row_label
+    from tfkd_cli.tables.report import _shown_label
 
     cells = {"teacher": Cell(epoch=51, run_epoch=1), "student": Cell(epoch=None)}
     assert _shown_label("ResNet50 (51 ep) -> ResNet18", cells) == "ResNet50 (1 ep) -> ResNet18"

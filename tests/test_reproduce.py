@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli.cli import cli
-from tfkd_cli.recipe import recipes_dir
+from tfkd_cli.cli.main import cli
+from tfkd_cli.config.recipe import recipes_dir
 
 from conftest import cli_cmd
 
@@ -167,8 +167,11 @@ def test_killed_reproduce_resumes_missing_runs_only(recipes, tmp_path):
 
 
 def test_two_processes_split_the_table(recipes, tmp_path):
+    """Two `reproduce` processes, two workers each, on one runs folder: every run is started by
+    exactly one of them (a run is claimed before its child process starts, not only locked once
+    the child has loaded)."""
     runs = tmp_path / "runs"
-    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--jobs", "1", "--runs-dir", runs,
+    procs = [tfkd(recipes, "reproduce", "table3", "--scale", "tiny", "--no-controls", "--jobs", "2", "--runs-dir", runs,
                   "--out", tmp_path / f"res{i}", cwd=tmp_path) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -245,9 +248,9 @@ def test_reproduce_list_and_unknown_table():
 def test_plan_with_released_teachers(tmp_path):
     """--teachers DIR: the released runs are not trained; students point at the release files
     at the paper's epochs (base_resnet50/50.pth.tar = after 51 epochs), in their own run dirs."""
-    from tfkd_cli.loading import resolve_file
-    from tfkd_cli.reproduce.plan import build_plan
-    from tfkd_cli.reproduce.spec import load_scale, load_table
+    from tfkd_cli.storage.loading import resolve_file
+    from tfkd_cli.tables.plan import build_plan
+    from tfkd_cli.tables.spec import load_scale, load_table
 
     rel = tmp_path / "pretrained_teacher_models"
     for name, files in {"base_resnet18": ["best.pth.tar", "0.pth.tar"], "base_resnet50": ["50.pth.tar"],

@@ -1,4 +1,4 @@
-"""table.json's schema (reproduce/results.py): typed results written and read through one
+"""table.json's schema (tables/results.py): typed results written and read through one
 pair, tables from older code recognised as such, tables from newer code refused."""
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.reproduce import report
-from tfkd_cli.reproduce.results import (SCHEMA_VERSION, Cell, Claim, Column, Failure, Header, Pick, Provenance,
+from tfkd_cli.tables import report
+from tfkd_cli.tables.results import (SCHEMA_VERSION, Cell, Claim, Column, Failure, Header, Pick, Provenance,
                                         Results, Row, TeacherFile, read)
 
 from conftest import fail

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tfkd_cli.losses import METHODS
-from tfkd_cli.recipe import from_dict, recipes_dir
-from tfkd_cli.reproduce.plan import build_plan
-from tfkd_cli.reproduce.runner import status_of
-from tfkd_cli.reproduce.spec import load_scale, load_table
+from tfkd_cli.methods import METHODS
+from tfkd_cli.config.recipe import from_dict, recipes_dir
+from tfkd_cli.tables.plan import build_plan
+from tfkd_cli.execution.runner import status_of
+from tfkd_cli.tables.spec import load_scale, load_table
 
 V1 = Path(__file__).parent / "data" / "v1_runs"
 V1_RUN = "mobilenetv2_ce_s0_73571c3c3f"

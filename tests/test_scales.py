@@ -5,10 +5,10 @@ import shutil
 import pytest
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.recipe import Recipe, recipes_dir
-from tfkd_cli.reproduce import cost
-from tfkd_cli.reproduce.plan import build_plan
-from tfkd_cli.reproduce.spec import load_scale, load_table
+from tfkd_cli.config.recipe import Recipe, recipes_dir
+from tfkd_cli.execution import cost
+from tfkd_cli.tables.plan import build_plan
+from tfkd_cli.tables.spec import load_scale, load_table
 
 
 @pytest.fixture

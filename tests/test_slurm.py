@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytest.importorskip("submitit", reason="submitit is not installed (pip install -e '.[slurm]')")
-from tfkd_cli.cli import cli  # noqa: E402
+from tfkd_cli.cli.main import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_RUNS = 13

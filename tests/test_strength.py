@@ -17,14 +17,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tfkd_cli import rundir
-from tfkd_cli.checkpoint import sha256
-from tfkd_cli.cli import cli
+from tfkd_cli.storage import rundir
+from tfkd_cli.storage.checkpoint import sha256
+from tfkd_cli.cli.main import cli
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.recipe import from_dict, recipes_dir
-from tfkd_cli.reproduce.plan import build_plan
-from tfkd_cli.reproduce.spec import load_scale, load_table
-from tfkd_cli.strength import choose, pick_epoch
+from tfkd_cli.config.recipe import from_dict, recipes_dir
+from tfkd_cli.tables.plan import build_plan
+from tfkd_cli.tables.spec import load_scale, load_table
+from tfkd_cli.storage.strength import choose, pick_epoch
 
 from conftest import DIGITS, ROOT, cli_cmd, cli_env, fail, run_cli
 

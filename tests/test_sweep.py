@@ -6,12 +6,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli import rundir
-from tfkd_cli.cli import cli
+from tfkd_cli.storage import rundir
+from tfkd_cli.cli.main import cli
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.recipe import resolve_run
-from tfkd_cli.reproduce.sweep import build_points, parse_grid
-from tfkd_cli.reproduce.sweep_report import choose
+from tfkd_cli.config.recipe import resolve_run
+from tfkd_cli.sweep.run import build_points, parse_grid
+from tfkd_cli.sweep.report import choose
 
 BASE = ["--dataset", "digits", "--model", "resnet18", "--width", "0.125", "--epochs", "1", "--method", "tfkd_reg",
         "--set", "runtime.threads=1", "--device", "cpu", "--quiet"]

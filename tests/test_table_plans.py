@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.reproduce.plan import PlannedRun, build_plan, unique_runs
-from tfkd_cli.reproduce.spec import index, load_scale, load_table, resolve_id, table_ids
+from tfkd_cli.tables.plan import PlannedRun, build_plan, unique_runs
+from tfkd_cli.tables.spec import index, load_scale, load_table, resolve_id, table_ids
 
 TABLES_YAML = Path(__file__).resolve().parents[1] / "recipes" / "paper" / "tables.yaml"
 SCALES = ("paper", "mini", "smoke")
@@ -535,7 +535,7 @@ EXPECTED_CONTROLS = {
 @pytest.mark.parametrize("tid", sorted(EXPECTED_RUNS))
 @pytest.mark.parametrize("scale", SCALES)
 def test_plan_counts_with_and_without_controls(plans, tid, scale, tmp_path):
-    from tfkd_cli.reproduce.controls import add_controls
+    from tfkd_cli.tables.controls import add_controls
 
     table, without = plans[(tid, scale)]
     plan = build_plan(add_controls(table), load_scale(scale), seeds=SEEDS, runs_dir=tmp_path)
@@ -555,7 +555,7 @@ def test_plan_counts_with_and_without_controls(plans, tid, scale, tmp_path):
 
 @pytest.mark.parametrize("tid", sorted(EXPECTED_RUNS))
 def test_every_cell_with_a_teacher_has_both_controls(tid):
-    from tfkd_cli.reproduce.controls import add_controls, control_key
+    from tfkd_cli.tables.controls import add_controls, control_key
 
     table = add_controls(load_table(tid))
     keys = {c.key for c in table.columns}
@@ -573,7 +573,7 @@ def test_every_cell_with_a_teacher_has_both_controls(tid):
 def test_ce_control_has_the_label_term_of_its_run(tmp_path):
     """table3's ResNet18 De-KD student (alpha 0.6) -> ce x 0.4; the alpha-0.95 ones -> ce x 0.05,
     with the student's batch size; the uniform control keeps alpha and T."""
-    from tfkd_cli.reproduce.controls import add_controls
+    from tfkd_cli.tables.controls import add_controls
 
     plan = build_plan(add_controls(load_table("table3")), load_scale("paper"), seeds=[0], runs_dir=tmp_path)
     r18, mv2 = _run(plan, "r18_from_r50pt~ce").recipe, _run(plan, "mv2_from_r18pt~ce").recipe
@@ -587,7 +587,7 @@ def test_ce_control_has_the_label_term_of_its_run(tmp_path):
 def test_reproduce_no_controls_dry_run(tmp_path):
     from click.testing import CliRunner
 
-    from tfkd_cli.cli import cli
+    from tfkd_cli.cli.main import cli
 
     args = ["reproduce", "table3", "--scale", "smoke", "--dry-run", "--runs-dir", str(tmp_path)]
     with_c, without = CliRunner().invoke(cli, args), CliRunner().invoke(cli, args + ["--no-controls"])

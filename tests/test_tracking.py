@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tfkd_cli import rundir, tracking
-from tfkd_cli.cli import cli
-from tfkd_cli.loop import lr_at
-from tfkd_cli.recipe import resolve
+from tfkd_cli.storage import rundir
+from tfkd_cli.training import tracking
+from tfkd_cli.cli.main import cli
+from tfkd_cli.training.loop import lr_at
+from tfkd_cli.config.recipe import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 5  # 160 images / batch 32

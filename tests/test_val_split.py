@@ -8,13 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tfkd_cli import rundir
-from tfkd_cli.cli import cli
+from tfkd_cli.storage import rundir
+from tfkd_cli.cli.main import cli
 from tfkd_cli.data import build_data
 from tfkd_cli.data.split import val_split
 from tfkd_cli.errors import TfkdError
-from tfkd_cli.recipe import Recipe, from_dict
-from tfkd_cli.selection import select_epochs
+from tfkd_cli.config.recipe import Recipe, from_dict
+from tfkd_cli.storage.selection import select_epochs
 
 
 def labels(counts):
@@ -144,9 +144,10 @@ def test_val_split_too_large_for_a_run_is_one_line(tmp_path):
 
 
 def test_results_cell_shows_val_selected_beside_official(tmp_path):
-    from tfkd_cli.reproduce import render, report
-    from tfkd_cli.reproduce.plan import PlannedRun
-    from tfkd_cli.reproduce.spec import Cell, Column, Row, Scale, Table
+    from tfkd_cli.tables import render
+    from tfkd_cli.tables import report
+    from tfkd_cli.tables.plan import PlannedRun
+    from tfkd_cli.tables.spec import Cell, Column, Row, Scale, Table
 
     recipe = from_dict({"data": {"val_per_class": 5}})
     runs = []

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from tfkd_cli.reproduce.report import _noise
-from tfkd_cli.reproduce.results import Cell
-from tfkd_cli.reproduce.verdicts import (Thresholds, Verdict, beats_controls, claim_verdict, claim_verdicts, criteria,
+from tfkd_cli.tables.report import _noise
+from tfkd_cli.tables.results import Cell
+from tfkd_cli.tables.verdicts import (Thresholds, Verdict, beats_controls, claim_verdict, claim_verdicts, criteria,
                                          fit_gap, inconclusive_reason, not_trained, two_se)
 
 
@@ -180,10 +180,23 @@ def test_starved_run_whose_controls_starved_stays_inconclusive():
     assert v.outcome == "inconclusive" and v.reason.startswith("baseline did not train")
 
 
+def test_starved_run_whose_controls_are_pending_stays_inconclusive():
+    """A partial table: the controls have not run (no train top-1), so nothing shows that the
+    loss weights alone train; the claim is untested, not `no`."""
+    pending = {"uniform teacher": cell(None), "ce x (1-a)": cell(None)}
+    v = claim_verdict("improves", SMOKE2_R18_DEKD, SMOKE2_R18_BASE, SMOKE2_R18_BASE, chance=10.0,
+                      regularisation=True, names=("dekd", "student"), controls=pending)
+    assert str(v) == "inconclusive (dekd did not train: train top-1 9.67 < 2x chance (20.00))"
+    one = {"uniform teacher": SMOKE2_R18_UNIFORM, "ce x (1-a)": cell(None)}
+    v = claim_verdict("improves", SMOKE2_R18_DEKD, SMOKE2_R18_BASE, SMOKE2_R18_BASE, chance=10.0,
+                      regularisation=True, names=("dekd", "student"), controls=one)
+    assert v.outcome == "inconclusive"
+
+
 def test_table_claim_uses_both_controls_of_its_row():
     """`claim_verdicts` on a hand-built row: both control columns present -> no; one missing ->
     inconclusive (the rule needs both)."""
-    from tfkd_cli.reproduce.spec import Claim
+    from tfkd_cli.tables.spec import Claim
 
     claim = Claim(text="De-KD improved the student", column="dekd", baseline="student", kind="improves")
     row = {"student": replace(SMOKE2_R18_BASE, method="ce"), "dekd": replace(SMOKE2_R18_DEKD, method="kd"),

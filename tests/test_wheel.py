@@ -64,7 +64,7 @@ def test_wheel_carries_every_module_the_recipes_and_the_type_marker(installed):
 
 def test_installed_wheel_runs_from_a_folder_that_is_not_the_checkout(installed):
     _, py, tfkd, work, env = installed
-    where = _run([str(py), "-c", "import tfkd_cli, tfkd_cli.recipe as r; print(tfkd_cli.__file__); print(r.recipes_dir())"],
+    where = _run([str(py), "-c", "import tfkd_cli, tfkd_cli.config.recipe as r; print(tfkd_cli.__file__); print(r.recipes_dir())"],
                  work, env).split()
     venv = py.parent.parent.resolve()
     assert Path(where[0]).resolve().is_relative_to(venv), f"tfkd_cli imported from {where[0]}, not the wheel"

@@ -1,3 +1,3 @@
-from tfkd_cli.cli import main
+from tfkd_cli.cli.main import main
 
 main()

@@ -1,189 +1,30 @@
-"""Loss functions of the paper, as pure functions of logits and labels.
-
-Notation: z student logits (N x K), t teacher logits, y labels, q = one-hot(y),
-CE = mean_i -log softmax(z_i)[y_i], s_T = softmax(./T), T temperature, a alpha, m multiplier.
-
-Two semantics, chosen per loss with `semantics=`:
-
-* ``official`` (default) reproduces the official code to 1e-6, including
-  ``nn.KLDivLoss()``'s default ``reduction='mean'``, which divides the summed KL by N*K
-  (not N): every KL term is the batch-mean KL divided by K.
-* ``paper`` follows the paper's equations: batch-mean KL (divide by N), a tempered
-  student in Tf-KD_reg, and LSR with eps*u(k) = eps/K.
-
-This module is tfkd's public loss API (`__all__`): the five losses as pure functions
-(``ce``, ``kd``, ``kd_self``, ``tfkd_reg``, ``lsr``) and as ``nn.Module``s (``CE``, ``KD``,
+"""tfkd's public loss API (`__all__`): the paper's five losses as pure functions (``ce``, ``kd``,
+``kd_self``, ``tfkd_reg``, ``lsr``, from `tfkd_cli.functional`, where the formulas and the two
+semantics, official and paper, are written down) and as ``nn.Module``s (``CE``, ``KD``,
 ``KDSelf``, ``TfKDReg``, ``LSR``), which check their parameters when built (a bad one raises
 `tfkd_cli.errors.ConfigError`, a ValueError, with the line the CLI prints). The modules have no
 defaults but those of the official code: ``semantics='official'``, Tf-KD_reg's
 ``correct_prob=0.99`` (hard-coded in `loss_kd_regularization`), KD's ``multiplier=1`` (`loss_kd`
-has none). The method registry the recipe and the CLI read (`METHODS`, `build_loss`) lives in
-`tfkd_cli.methods`; the names are still importable from here.
+has none). Each module's ``teacher_share(...)`` is the diagnostics of one batch (`tfkd_cli.grads`).
 
-Two controls (issue #17) separate the teacher from the loss scaling: ``uniform_teacher=True``
-(kd, kd_self, tfkd_reg; recipe ``teacher: {uniform: true}``) replaces the teacher's
-distribution by the uniform u = 1/K in the method's own formula, and ce's ``label_weight`` w
-gives w * CE, the label term of a method with alpha = 1 - w and nothing else.
-Everything is vectorised: no per-sample Python loop (the official Tf-KD_reg has one).
+The method registry the recipe and the CLI read (`METHODS`, `build_loss`, the recipe defaults)
+is `tfkd_cli.methods`, one layer above: it holds these modules.
 """
 
 from __future__ import annotations
 
-import typing
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tfkd_cli.errors import ConfigError
+from tfkd_cli.functional import (
+    PARAMS, SEMANTICS, check_param, ce, kd, kd_self, lsr, tfkd_reg, uniform, virtual_teacher,
+)
+from tfkd_cli.grads import Grads, ce_grads, kd_grads, lsr_grads, norms, share, tfkd_reg_grads, wide
 
 __all__ = ["ce", "kd", "kd_self", "tfkd_reg", "lsr", "CE", "KD", "KDSelf", "TfKDReg", "LSR",
            "virtual_teacher", "uniform", "PARAMS", "SEMANTICS", "check_param"]
-
-SEMANTICS = ("official", "paper")
-
-
-def _f32(x: Tensor) -> Tensor:
-    """At least float32 (AMP gives bf16 logits); float64 stays float64."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _kl(target: Tensor, log_q: Tensor, semantics: str) -> Tensor:
-    """sum_ik target*(log target - log_q), divided by N*K (official) or N (paper)."""
-    elem = torch.xlogy(target, target) - target * log_q
-    n, k = log_q.shape
-    return elem.sum() / (n * k if semantics == "official" else n)
-
-
-def uniform(z: Tensor) -> Tensor:
-    """The uniform distribution u = 1/K over z's K classes, shaped and typed like z (the control's teacher)."""
-    return torch.full_like(z, 1.0 / z.shape[1])
-
-
-def ce(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, label_weight: float = 1.0, **_: object) -> Tensor:
-    """Cross-entropy, weighted: L = w * CE, CE = mean_i -log softmax(z_i)[y_i] (w = 1: plain CE).
-
-    The control of a row with alpha is w = 1 - alpha: its label term and nothing else.
-    """
-    loss = F.cross_entropy(z, y)
-    return loss if label_weight == 1.0 else label_weight * loss  # w = 1 stays bit-identical
-
-
-def kd(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
-       multiplier: float, semantics: str, uniform_teacher: bool = False, **_: object) -> Tensor:
-    """Knowledge distillation (Hinton et al.), official `loss_kd` / `loss_kd_self`.
-
-    L = (1 - a) * CE + a * T^2 * m * KL(s_T(t) || s_T(z)) / R,
-    R = N*K (official, KLDivLoss 'mean') or N (paper).
-    With m = 1 this is `loss_kd`; Tf-KD_self (`loss_kd_self`) is the same with its multiplier.
-    uniform_teacher: s_T(t) is replaced by u = 1/K (no teacher logits needed).
-    """
-    T = temperature
-    if uniform_teacher:
-        soft = uniform(_f32(z))
-    elif t is None:
-        raise ConfigError("method kd needs teacher logits (set --teacher)")
-    else:
-        soft = F.softmax(_f32(t.detach()) / T, dim=1)
-    kl = _kl(soft, F.log_softmax(_f32(z) / T, dim=1), semantics)
-    return (1.0 - alpha) * F.cross_entropy(z, y) + alpha * T * T * multiplier * kl
-
-
-def kd_self(z: Tensor, y: Tensor, t: Optional[Tensor] = None, **params: object) -> Tensor:
-    """Tf-KD_self: KD from a pre-trained copy of the student itself (`loss_kd_self`).
-
-    L = (1 - a) * CE + a * T^2 * m * KL(s_T(t) || s_T(z)) / R   (same as `kd`).
-    """
-    return kd(z, y, t, **params)
-
-
-def virtual_teacher(y: Tensor, k: int, correct_prob: float, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The hand-designed teacher p^d: correct_prob on the true class, (1-correct_prob)/(K-1) elsewhere."""
-    p = torch.full((y.shape[0], k), (1.0 - correct_prob) / (k - 1), device=y.device, dtype=dtype)
-    return p.scatter_(1, y.unsqueeze(1), correct_prob)
-
-
-def tfkd_reg(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, alpha: float, temperature: float,
-             multiplier: float, correct_prob: float, semantics: str, uniform_teacher: bool = False,
-             **_: object) -> Tensor:
-    """Tf-KD_reg: KD from a hand-designed virtual teacher (`loss_kd_regularization`).
-
-    target = softmax(p^d / T)   (softmax of probabilities, as in the official code)
-    official: L = (1 - a) * CE + a * m * KL(target || softmax(z)) / (N*K)   (no T on z, no T^2)
-    paper:    L = (1 - a) * CE + a * m * KL(target || softmax(z / T)) / N   (Eq. 9, tempered student)
-    uniform_teacher: target = u = 1/K instead (the virtual teacher without its shape).
-    """
-    k = z.shape[1]
-    if uniform_teacher:
-        target = uniform(_f32(z))
-    else:
-        target = F.softmax(virtual_teacher(y, k, correct_prob, _f32(z).dtype) / temperature, dim=1)
-    student = _f32(z) / (temperature if semantics == "paper" else 1.0)
-    kl = _kl(target, F.log_softmax(student, dim=1), semantics)
-    return (1.0 - alpha) * F.cross_entropy(z, y) + alpha * multiplier * kl
-
-
-def lsr(z: Tensor, y: Tensor, t: Optional[Tensor] = None, *, epsilon: float, semantics: str,
-        **_: object) -> Tensor:
-    """Label smoothing regularization (`loss_label_smoothing`).
-
-    official: target = (1 - eps) on y, eps/(K-1) elsewhere
-    paper:    target = (1 - eps) * q + eps/K   (Eq. 1, u uniform)
-    L = mean_i -sum_k target_ik * log softmax(z_i)_k
-    """
-    n, k = z.shape
-    if semantics == "official":
-        target = torch.full_like(_f32(z), epsilon / (k - 1))
-        target.scatter_(1, y.unsqueeze(1), 1.0 - epsilon)
-    else:
-        target = torch.full_like(_f32(z), epsilon / k)
-        target.scatter_add_(1, y.unsqueeze(1), torch.full((n, 1), 1.0 - epsilon, device=z.device, dtype=target.dtype))
-    return -(target * F.log_softmax(_f32(z), dim=1)).sum() / n
-
-
-@dataclass(frozen=True)
-class Param:
-    """A loss hyper-parameter: its type and the values allowed (shared by every method that reads it)."""
-
-    kind: Any  # float, or a Literal of the allowed strings
-    ok: Callable[[Any], bool]
-    allowed: str  # what `ok` accepts, for the error message
-    doc: str
-
-
-PARAMS: dict[str, Param] = {
-    "alpha": Param(float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]", "weight of the soft term; (1 - alpha) on CE"),
-    "temperature": Param(float, lambda v: v > 0, "> 0", "softmax temperature T"),
-    "multiplier": Param(float, lambda v: v >= 0, ">= 0", "extra factor on the KL term (official kd_self / tfkd_reg)"),
-    "correct_prob": Param(float, lambda v: 0.0 < v < 1.0, "in (0, 1)", "Tf-KD_reg: probability of the true class in p^d"),
-    "epsilon": Param(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)", "LSR smoothing"),
-    "semantics": Param(Literal["official", "paper"], lambda v: v in SEMANTICS, " | ".join(SEMANTICS),
-                       "official code or paper equations (module docstring)"),
-    "label_weight": Param(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]",
-                          "ce: weight w on CE; the control of a row with alpha is w = 1 - alpha"),
-}
-
-
-
-
-def check_param(name: str, value: Any) -> None:
-    """A loss parameter's value, checked: ConfigError "loss.<name> must be <allowed> (got v)",
-    the line the CLI prints after the recipe's name."""
-    if name not in PARAMS:
-        raise ConfigError(f"unknown loss parameter {name}; allowed: {', '.join(PARAMS)}")
-    p = PARAMS[name]
-    if p.kind is not float:  # a Literal of strings: the recipe's own type check and line
-        if value not in typing.get_args(p.kind):
-            choices = " | ".join(repr(a) for a in typing.get_args(p.kind))
-            raise ConfigError(f"loss.{name}: {value!r} is not allowed; choose from {choices}")
-        return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if p.kind is float and number:
-        value = float(value)  # as the recipe holds it, so the line is the CLI's
-    if (p.kind is float and not number) or not p.ok(value):
-        raise ConfigError(f"loss.{name} must be {p.allowed} (got {value})")
 
 
 class _Loss(nn.Module):
@@ -195,6 +36,7 @@ class _Loss(nn.Module):
 
     method: str  # the name in tfkd_cli.methods.METHODS
     fn: Callable[..., Tensor]
+    grads: Callable[..., Grads]  # its closed-form logit gradients (tfkd_cli.grads)
 
     def __init__(self, **params: Any):
         super().__init__()
@@ -210,10 +52,12 @@ class _Loss(nn.Module):
 
     def teacher_share(self, student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None
                       ) -> Optional[float]:
-        """g_teacher / (g_label + g_teacher) of this batch (`tfkd_cli.diagnostics`); None if undefined."""
-        from tfkd_cli.diagnostics import teacher_share  # diagnostics imports this module
-
-        return teacher_share(self.method, student_logits, labels, teacher_logits, **self.params)
+        """g_teacher / (g_label + g_teacher) of this batch (`tfkd_cli.diagnostics.teacher_share`
+        with these parameters); None if undefined."""
+        with torch.no_grad():
+            g_label, g_teacher = norms(type(self).grads(wide(student_logits), labels, teacher_logits,
+                                                        **self.params)).tolist()
+        return share(g_label, g_teacher)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -223,7 +67,7 @@ class CE(_Loss):
     """L = w * CE (w = label_weight, 1: plain cross-entropy). w = 1 - alpha is the control of a
     row with that alpha: its label term and nothing else."""
 
-    method, fn = "ce", staticmethod(ce)
+    method, fn, grads = "ce", staticmethod(ce), staticmethod(ce_grads)
 
     def __init__(self, *, label_weight: float = 1.0):
         super().__init__(**({} if label_weight == 1.0 else {"label_weight": label_weight}))
@@ -236,7 +80,7 @@ class KD(_Loss):
     `loss_kd` has no multiplier (m = 1). uniform_teacher=True: s_T(t) -> 1/K (the control; no
     teacher logits needed). forward(z, y, teacher_logits)."""
 
-    method, fn = "kd", staticmethod(kd)
+    method, fn, grads = "kd", staticmethod(kd), staticmethod(kd_grads)
 
     def __init__(self, *, alpha: float, temperature: float, multiplier: float = 1.0,
                  semantics: str = "official", uniform_teacher: bool = False):
@@ -248,7 +92,7 @@ class KDSelf(KD):
     """Tf-KD_self (official `loss_kd_self`): KD's formula with the teacher a pre-trained copy of
     the student; the official recipes always set a multiplier (e.g. ResNet18: a 0.95, T 6, m 50)."""
 
-    method, fn = "kd_self", staticmethod(kd_self)
+    method, fn, grads = "kd_self", staticmethod(kd_self), staticmethod(kd_grads)
 
     def __init__(self, *, alpha: float, temperature: float, multiplier: float, semantics: str = "official",
                  uniform_teacher: bool = False):
@@ -264,7 +108,7 @@ class TfKDReg(_Loss):
     Official ResNet18 on CIFAR-100: alpha=0.1, temperature=20, multiplier=100.
     uniform_teacher=True: target -> 1/K. forward(z, y) (no teacher logits)."""
 
-    method, fn = "tfkd_reg", staticmethod(tfkd_reg)
+    method, fn, grads = "tfkd_reg", staticmethod(tfkd_reg), staticmethod(tfkd_reg_grads)
 
     def __init__(self, *, alpha: float, temperature: float, multiplier: float, correct_prob: float = 0.99,
                  semantics: str = "official", uniform_teacher: bool = False):
@@ -276,21 +120,7 @@ class LSR(_Loss):
     """Label smoothing (official `loss_label_smoothing`): L = mean_i -sum_k target_ik log softmax(z_i)_k,
     target (1 - eps) on y and eps/(K-1) elsewhere (official) or (1 - eps) q + eps/K (paper, Eq. 1)."""
 
-    method, fn = "lsr", staticmethod(lsr)
+    method, fn, grads = "lsr", staticmethod(lsr), staticmethod(lsr_grads)
 
     def __init__(self, *, epsilon: float, semantics: str = "official"):
         super().__init__(epsilon=epsilon, semantics=semantics)
-
-
-# The method registry moved to tfkd_cli.methods (it holds each method's loss AND its gradient
-# diagnostics, and diagnostics imports this module); its names stay importable from here.
-_MOVED = ("Method", "METHODS", "LOSSES", "NEEDS_TEACHER", "get_method", "method_params", "uniform_methods",
-          "check_uniform", "build_loss")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from tfkd_cli import methods
-
-        return getattr(methods, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

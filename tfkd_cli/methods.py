@@ -1,8 +1,8 @@
 """The method registry: one `Method` record per training method, the only place a method is added.
 
-A record holds the method's loss (`tfkd_cli.losses`), its gradient diagnostics
-(`tfkd_cli.diagnostics`), its `nn.Module` face, whether it needs a teacher, and the loss
-parameters it reads with the recipe's defaults. The recipe schema (LossCfg), the run identity,
+A record holds the method's loss (`tfkd_cli.functional`), its closed-form gradients
+(`tfkd_cli.grads`, read by `tfkd_cli.diagnostics`), its `nn.Module` face (`tfkd_cli.losses`),
+whether it needs a teacher, and the loss parameters it reads with the recipe's defaults. The recipe schema (LossCfg), the run identity,
 the CLI help, the cost model and the diagnostics all read `METHODS`.
 
 `build_loss(name, **params)` is the recipe's loss builder: unset parameters take the record's
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from tfkd_cli import diagnostics as dg
+from tfkd_cli import grads as dg
 from tfkd_cli import losses as L
 from tfkd_cli.errors import ConfigError
 

@@ -61,6 +61,31 @@ def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: A
     if not isinstance(spec, DataSpec):
         spec = DataSpec(spec, root, **fields)
     info = get_info(spec.name)
+    dev = _check(spec)
+    root_path = Path(spec.root) if spec.root is not None else (default_root() if info.needs_root else None)
+    common = dict(missing_train=None, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
+                  rank=spec.rank, world_size=spec.world_size, device=dev, channels_last=spec.channels_last,
+                  augment=spec.augment)
+    val_common = {**common, "missing_train": "this is the validation split"}
+    if info.build is not None:
+        return info.build(spec, info, common, val_common)
+
+    missing_train = train = None
+    test = info.reader(root_path, "test", spec.download)
+    try:
+        train = info.reader(root_path, "train", False)
+    except MissingSplit as e:
+        missing_train = str(e)
+    if spec.val_per_class and missing_train is not None:
+        raise TfkdError(f"data.val_per_class={spec.val_per_class} needs a training split to hold images out of: "
+                        f"{missing_train}")
+    common["missing_train"] = missing_train
+    build = _in_memory if info.in_memory else _folder
+    return build(spec, info, train, test, root_path, common, val_common)
+
+
+def _check(spec: DataSpec) -> torch.device:
+    """The spec's sizes checked (one-line errors); its device, parsed."""
     check_int("batch_size", spec.batch_size, 1)
     check_int("eval_batch_size", spec.eval_batch_size, 1)
     check_int("workers", spec.workers, 0)
@@ -70,55 +95,46 @@ def build_data(spec: DataSpec | str, root: str | Path | None = None, **fields: A
         check_int("per_class", spec.per_class, 1)
     check_int("val_per_class", spec.val_per_class, 0)
     try:
-        dev = torch.device(spec.device)
+        return torch.device(spec.device)
     except (RuntimeError, TypeError) as e:
         raise TfkdError(_one_line(f"bad device {spec.device!r}: {e}")) from None
-    root_path = Path(spec.root) if spec.root is not None else (default_root() if info.needs_root else None)
-    per_class, subset_seed = spec.per_class, spec.subset_seed
 
-    missing_train = test = train = None
-    if info.build is None:
-        test = info.reader(root_path, "test", spec.download)
-        try:
-            train = info.reader(root_path, "train", False)
-        except MissingSplit as e:
-            missing_train = str(e)
 
-    val_per_class = spec.val_per_class
-    if val_per_class and missing_train is not None:
-        raise TfkdError(f"data.val_per_class={val_per_class} needs a training split to hold images out of: {missing_train}")
+def _in_memory(spec: DataSpec, info: Any, train: Any, test: Any, root: Path | None, common: dict, val_common: dict
+               ) -> Data:
+    """An in-memory dataset's Data: the training subset and hold-out taken from the read tensors."""
+    x_te, y_te, classes = test
+    val, where = None, _where(info, root)
+    if train is not None:
+        x_tr, y_tr, classes_tr = train
+        if classes_tr != classes:
+            raise TfkdError(f"{info.title} under {root}: train and test splits disagree on the class names")
+        if spec.val_per_class or spec.per_class is not None:
+            keep, held = val_split(y_tr, spec.val_per_class, spec.subset_seed, len(classes), spec.per_class, where)
+            if spec.val_per_class:
+                val = InMemoryData(info, classes, None, (x_tr[held], y_tr[held]), **val_common)
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
+        train = (x_tr, y_tr)
+    data = InMemoryData(info, classes, train, (x_te, y_te), **common)
+    data.val = val
+    return data
 
-    where, val = info.title + (f" under {root_path}" if root_path is not None else ""), None
-    common = dict(missing_train=missing_train, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
-                  rank=spec.rank, world_size=spec.world_size, device=dev, channels_last=spec.channels_last,
-                  augment=spec.augment)
-    val_common = {**common, "missing_train": "this is the validation split"}
-    if info.build is not None:
-        return info.build(spec, info, common, val_common)
-    if info.in_memory:
-        x_te, y_te, classes = test
-        if train is not None:
-            x_tr, y_tr, classes_tr = train
-            if classes_tr != classes:
-                raise TfkdError(f"{info.title} under {root_path}: train and test splits disagree on the class names")
-            if val_per_class or per_class is not None:
-                keep, held = val_split(y_tr, val_per_class, subset_seed, len(classes), per_class, where)
-                if val_per_class:
-                    val = InMemoryData(info, classes, None, (x_tr[held], y_tr[held]), **val_common)
-                x_tr, y_tr = x_tr[keep], y_tr[keep]
-            train = (x_tr, y_tr)
-        data = InMemoryData(info, classes, train, (x_te, y_te), **common)
-        data.val = val
-        return data
 
-    classes = test.classes
-    if train is not None and (val_per_class or per_class is not None):
+def _folder(spec: DataSpec, info: Any, train: Any, test: Any, root: Path | None, common: dict, val_common: dict) -> Data:
+    """A folder dataset's Data: the training subset and hold-out taken from the scanned samples."""
+    classes, val, where = test.classes, None, _where(info, root)
+    if train is not None and (spec.val_per_class or spec.per_class is not None):
         labels = torch.tensor([lab for _, lab in train.samples], dtype=torch.int64)
-        keep, held = val_split(labels, val_per_class, subset_seed, len(classes), per_class, where)
-        if val_per_class:
+        keep, held = val_split(labels, spec.val_per_class, spec.subset_seed, len(classes), spec.per_class, where)
+        if spec.val_per_class:
             val = FolderData(info, classes, None, FolderSplit([train.samples[i] for i in held.tolist()],
-                                                              train.classes, train.root), workers=spec.workers, **val_common)
+                                                              train.classes, train.root),
+                             workers=spec.workers, **val_common)
         train = FolderSplit([train.samples[i] for i in keep.tolist()], train.classes, train.root)
     data = FolderData(info, classes, train, test, workers=spec.workers, **common)
     data.val = val
     return data
+
+
+def _where(info: Any, root: Path | None) -> str:
+    return info.title + (f" under {root}" if root is not None else "")

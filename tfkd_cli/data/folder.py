@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tfkd_cli.data.loaders import MASK63, Batch, Data, check_int, mix_seed, shard_order
 from tfkd_cli.data.readers import FolderSplit, _one_line
-from tfkd_cli.data.registry import DatasetInfo
+from tfkd_cli.data.info import DatasetInfo
 from tfkd_cli.errors import TfkdError
 
 
@@ -86,7 +86,8 @@ class FolderData(Data):
     def __init__(self, info: DatasetInfo, classes: list[str], train: FolderSplit | None, test: FolderSplit, *,
                  missing_train: str | None, batch_size: int, eval_batch_size: int, rank: int, world_size: int,
                  device: torch.device, channels_last: bool, augment: bool, workers: int):
-        from tfkd_cli.data.reference import official_test_transform, official_train_transform
+        # torchvision loads here, when a folder dataset is built, not with the package
+        from tfkd_cli.data.transforms import test_transform, train_transform
 
         self._init_common(info, classes, 0 if train is None else len(train.samples), len(test.samples),
                           batch_size=batch_size, eval_batch_size=eval_batch_size, rank=rank, world_size=world_size,
@@ -95,8 +96,8 @@ class FolderData(Data):
         # warning and contention); transforms are seeded per sample, so this changes no number
         self.workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         self._pin = device.type == "cuda"
-        test_tf = official_test_transform(info)
-        train_tf = official_train_transform(info) if augment else test_tf
+        test_tf = test_transform(info)
+        train_tf = train_transform(info) if augment else test_tf
         self._test_ds = _FolderDataset(test.samples, test_tf)
         self._train_ds = self._train_eval_ds = None
         self._train_loader: DataLoader | None = None

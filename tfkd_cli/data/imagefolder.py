@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tfkd_cli.data.folder import FolderData
+from tfkd_cli.data.loaders import InMemoryData
 from tfkd_cli.data.readers import IMG_EXTENSIONS, FolderSplit, default_root
+from tfkd_cli.data.split import val_split
 from tfkd_cli.errors import TfkdError
 
 EVAL_SPLITS = ("val", "test")
@@ -192,10 +195,6 @@ def _stats(spec: Any, train: FolderSplit, pixels: torch.Tensor | None, size: int
 
 def build_folder(spec: Any, info: Any, common: dict, val_common: dict) -> Any:
     """`build_data` for a folder dataset: scan, size, hold-out and subset, then memory or stream."""
-    from tfkd_cli.data.folder import FolderData
-    from tfkd_cli.data.loaders import InMemoryData
-    from tfkd_cli.data.split import val_split
-
     root = Path(spec.root) if spec.root is not None else default_root()
     splits = scan(root)
     if "val" in splits and spec.val_per_class:

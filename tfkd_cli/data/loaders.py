@@ -28,7 +28,7 @@ from torch import Tensor
 
 from tfkd_cli.data.augment import AugParams, BatchAugmenter
 from tfkd_cli.data.readers import _one_line
-from tfkd_cli.data.registry import DatasetInfo
+from tfkd_cli.data.info import DatasetInfo
 from tfkd_cli.errors import TfkdError
 
 __all__ = ["Data", "InMemoryData", "shard_order", "mix_seed", "class_balanced_subset"]

@@ -13,21 +13,9 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from tfkd_cli.data.registry import get_info
+from tfkd_cli.data.transforms import test_transform, train_transform
 
 __all__ = ["official_train_transform", "official_test_transform", "ReferenceDataset"]
-
-
-def _steps(info, steps: tuple[tuple, ...]) -> list:
-    """The registry's transform description (`DatasetInfo.train_transform`) as torchvision transforms."""
-    build = {
-        "crop": lambda padding: T.RandomCrop(info.image_size, padding=padding),
-        "flip": lambda: T.RandomHorizontalFlip(),
-        "rotate": lambda degrees: T.RandomRotation(degrees),
-        "resized_crop": lambda size: T.RandomResizedCrop(size),
-        "resize": lambda size: T.Resize(size),
-        "center_crop": lambda size: T.CenterCrop(size),
-    }
-    return [build[name](*args) for name, *args in steps]
 
 
 def _info(name_or_info):
@@ -41,14 +29,12 @@ def official_train_transform(name: str) -> T.Compose:
     RandomRotation(20), RandomHorizontalFlip(0.5) (no crop); imagenet: RandomResizedCrop(224),
     RandomHorizontalFlip() (the registry, `registry.DATASETS`, holds the steps). `name` may be a
     DatasetInfo record itself."""
-    info = _info(name)
-    return T.Compose([*_steps(info, info.train_transform), T.ToTensor(), T.Normalize(info.mean, info.std)])
+    return train_transform(_info(name))
 
 
 def official_test_transform(name: str) -> T.Compose:
     """ToTensor + Normalize (imagenet: Resize(256), CenterCrop(224) first); `name` may be a record."""
-    info = _info(name)
-    return T.Compose([*_steps(info, info.test_transform), T.ToTensor(), T.Normalize(info.mean, info.std)])
+    return test_transform(_info(name))
 
 
 class ReferenceDataset(Dataset):
