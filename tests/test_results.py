@@ -8,7 +8,7 @@ import pytest
 
 from tfkd_cli.errors import TfkdError
 from tfkd_cli.tables import report
-from tfkd_cli.tables.results import (SCHEMA_VERSION, Cell, Claim, Column, Failure, Header, Pick, Provenance,
+from tfkd_cli.tables.results import (SCHEMA_VERSION, Cell, Claim, Column, Failure, Header, Pick, Provenance, Regime,
                                         Results, Row, TeacherFile, read)
 
 from conftest import fail
@@ -36,7 +36,9 @@ def every_field() -> Results:
                     runs_missing=["x"], compute_time_s=12.5, compute_train_only_runs=0,
                     generated="2026-01-01T00:00:00+00:00", generated_by="abc",
                     provenance=Provenance("0.1", "abc", "2.5", "0.20", "3.11", "cpu", "2-core"),
-                    git_commits=["abc"], val_selected=False, record_gaps=["x: no top1"], overrides=["width=0.5"])
+                    git_commits=["abc"], val_selected=False, record_gaps=["x: no top1"], overrides=["width=0.5"],
+                    regime=[Regime("M", "b", 60.0, 70.0, 10.0, True),
+                            Regime("R", "r", 9.0, 12.0, 3.0, False, "train - test +3.00 < 5 points", "narrow")])
     return Results(table="t", title="toy", source="none", status="partial", paper_dataset="CIFAR-100",
                    columns=[Column("base", "Base"), Column("kd", "KD"), Column("p", "Paper only")],
                    rows=[Row("R (51 ep)", "R (2 ep)", None, {"base": base, "kd": run, "p": paper_only}, claims)],

@@ -44,6 +44,14 @@ def test_per_model_value_must_be_a_mapping(recipes):
         _scale(recipes, "per_model: {resnet18: 0.5}\n")
 
 
+def test_regime_notes_are_sentences_by_model(recipes):
+    assert _scale(recipes, "regime_notes: {ResNet18: narrow for cost}\n").regime_notes == {"resnet18": "narrow for cost"}
+    with pytest.raises(TfkdError, match=r"t\.yaml: regime_notes: unknown model 'resnet9000'"):
+        _scale(recipes, "regime_notes: {resnet9000: why}\n")
+    with pytest.raises(TfkdError, match=r"regime_notes\.resnet18 must be a sentence, got 5"):
+        _scale(recipes, "regime_notes: {resnet18: 5}\n")
+
+
 def test_per_model_bad_field_fails_when_planned(recipes, tmp_path):
     sc = _scale(recipes, "per_model: {resnet18: {widht: 0.5}}\n")
     with pytest.raises(TfkdError, match="widht"):

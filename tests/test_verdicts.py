@@ -8,7 +8,8 @@ import pytest
 from tfkd_cli.tables.report import _noise
 from tfkd_cli.tables.results import Cell
 from tfkd_cli.tables.verdicts import (Thresholds, Verdict, beats_controls, claim_verdict, claim_verdicts, criteria,
-                                         fit_gap, inconclusive_reason, not_trained, two_se)
+                                         fit_gap, inconclusive_reason, not_trained, regime_floor,
+                                         regime_miss, two_se)
 
 
 def cell(mean, std=0.5, n=2, train=None, last=None):
@@ -208,3 +209,20 @@ def test_table_claim_uses_both_controls_of_its_row():
     verdict, _ = claim_verdicts(claim, row, [claim], chance=10.0)
     assert verdict.outcome == "inconclusive"
     assert "both its controls trained" in criteria()
+
+
+# results/table3/mini seed 0 (tiny100-32, K=100: chance 1%; records of commit 566f80f)
+MINI3_MV2_BASE = cell(12.74, 0.0, n=1, train=18.36, last=12.62)
+MINI3_R18_BASE = cell(14.44, 0.0, n=1, train=18.24, last=13.96)
+
+
+def test_regime_bar():
+    """The reduced scales' bar on a CE baseline: test >= 10x chance (at most halfway to 100%)
+    and train - last test >= 5 points; each missed part is named with its number."""
+    assert regime_floor(1.0) == 10.0 and regime_floor(10.0) == 55.0  # 10 classes: 100% is out of reach
+    assert regime_miss(MINI3_MV2_BASE, chance=1.0) is None
+    assert regime_miss(MINI3_R18_BASE, chance=1.0) == "train - test +4.28 < 5 points"
+    assert regime_miss(SMOKE2_MV2_BASE, chance=10.0) == "test top-1 26.94 < 55.00; train - test -5.78 < 5 points"
+    assert regime_miss(cell(9.0, train=20.0, last=9.0), chance=1.0) == "test top-1 9.00 < 10.00"
+    assert regime_miss(cell(9.0), chance=1.0) == "test top-1 9.00 < 10.00"  # no train top-1: the gap is unknown
+    assert regime_miss(Cell(), chance=1.0) is None  # nothing known, nothing missed

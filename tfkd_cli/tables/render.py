@@ -8,7 +8,7 @@ from typing import Optional
 
 from tfkd_cli.tables.controls import is_control
 from tfkd_cli.tables.results import Cell, Claim, Provenance, Results, Row
-from tfkd_cli.tables.verdicts import criteria
+from tfkd_cli.tables.verdicts import DEFAULT, criteria
 
 NA = "n/a"
 GENERATED = "report generated"  # starts the one line that differs between two writes of one table
@@ -111,12 +111,28 @@ def header_lines(res: Results) -> list[str]:
         lines.append("- headline: the official number (test top-1 at the epoch the test set picks, as the paper "
                      "reports); \"val-sel\" beside it: test top-1 at the epoch picked on the validation split "
                      "(data.val_per_class), the honest estimate; verdicts and paper comparisons use the official number")
+    if h.regime:
+        lines.append(regime_line(h.regime))
     lines += [
         "- verdicts compare the means; \"within noise\" marks a difference smaller than two standard errors "
         "over seeds, \"1 seed\" one whose noise is unknown",
         f"- {criteria()}",
     ]
     return lines
+
+
+def regime_line(regime: list) -> str:
+    """The header line on the CE baselines against the regime bar (`verdicts.regime_miss`)."""
+    th = DEFAULT
+    parts = []
+    for g in regime:
+        state = "unknown" if g.held is None else "held" if g.held else f"MISSED: {g.miss}" + (
+            f" ({g.why})" if g.why else "")
+        parts.append(f"{g.name} test {fmt(g.test)}, train {fmt(g.train)}, gap "
+                     f"{NA if g.gap is None else f'{g.gap:+.2f}'}: {state}")
+    return (f"- regime of the CE baselines (bar: test top-1 >= {th.regime_test_multiple:g}x chance, at most halfway from "
+            f"chance to 100%; train - test >= "
+            f"{th.min_fit_gap:g} points): " + "; ".join(parts))
 
 
 def _main_table(res: Results) -> str:

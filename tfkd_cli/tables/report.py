@@ -25,7 +25,7 @@ from tfkd_cli.tables.figures import gain_figure
 from tfkd_cli.tables.plan import PlannedRun, scale_epoch, unique_runs
 from tfkd_cli.tables.render import NA, fmt
 from tfkd_cli.tables.spec import Scale, Table
-from tfkd_cli.tables.verdicts import claim_verdicts
+from tfkd_cli.tables.verdicts import baseline_cell, claim_verdicts, fit_gap, regime_miss
 from tfkd_cli.storage.rundir import atomic_write_text
 
 
@@ -180,6 +180,7 @@ def build_results(table: Table, scale: Scale, plan: list[PlannedRun], seeds: lis
     header.val_selected = any(c.n_selected for r in rows for c in r.cells.values())
     header.record_gaps = gaps
     header.overrides = list(sets or [])
+    header.regime = _regime(table, rows, scale, by_id)
     return R.Results(table=table.table, title=table.title, source=table.source, status=table.status,
                      paper_dataset=table.dataset, columns=[R.Column(c.key, c.title) for c in table.columns],
                      rows=rows, notes=table.notes, header=header)
@@ -216,6 +217,31 @@ def _claim(cl, cells: dict[str, R.Cell], claims: list, by_id: dict[str, list[Pla
                    verdict=ours.outcome, reason=ours.reason, paper_verdict=_verdict(cl, a.paper, b.paper),
                    noise=_noise(gain, a, b), controls_verdict=beats.outcome if beats else None,
                    controls_reason=beats.reason if beats else None)
+
+
+def _regime(table: Table, rows: list[R.Row], scale: Scale, by_id: dict[str, list[PlannedRun]]) -> list[R.Regime]:
+    """Each CE baseline the table's claims compare with, once, against the regime bar; a miss
+    carries the scale's account of it (`regime_notes`, by model)."""
+    from tfkd_cli.models import canonical_name
+
+    out: dict[str, R.Regime] = {}
+    for row in rows:
+        for cl in table.claims:
+            if cl.column not in row.cells or cl.baseline not in row.cells:
+                continue
+            base = baseline_cell(cl, row.cells, table.claims)
+            runs = by_id.get(base.run, [])
+            if base.method != "ce" or not base.n or base.run in out:
+                continue
+            miss = regime_miss(base, _chance(runs))
+            known = base.train_top1_mean is not None
+            model = canonical_name(runs[0].recipe.model) if runs else None
+            gap = fit_gap(base)
+            out[base.run] = R.Regime(name=base.name, run=base.run, test=base.mean, train=base.train_top1_mean,
+                                     gap=None if gap is None else round(gap, 4),
+                                     held=(miss is None) if known else None, miss=miss,
+                                     why=scale.regime_notes.get(model) if miss else None)
+    return list(out.values())
 
 
 def _run_epoch(cell, scale: Scale, picks: list[dict], runs: list[PlannedRun]) -> Optional[int]:

@@ -8,7 +8,8 @@ Schema versions (the `schema` key of table.json):
 
 1. no `schema` key: every table written before it (today's and results/archive's; the
    archive's lack newer keys such as `shown`, `n_planned` and `runs_missing`);
-2. `schema: 2`: the keys of the last version-1 tables, in the same order.
+2. `schema: 2`: the keys of the last version-1 tables, in the same order;
+3. `schema: 3`: the header's `regime` (each CE baseline against the reduced scales' bar).
 
 Every field has a default: None for a number or string, empty for a list or dict. A key that
 a table from older (or hand-written) code lacks reads as that default, and `Results.schema`
@@ -27,7 +28,7 @@ from typing import Optional
 
 from tfkd_cli.errors import TfkdError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILE = "table.json"
 
 
@@ -192,6 +193,20 @@ class Row(_Record):
 
 
 @dataclass
+class Regime(_Record):
+    """A CE baseline against the regime bar (`verdicts.regime_miss`): the table's claims about
+    regularisation can only be tested where it holds."""
+    name: Optional[str] = None  # display name, e.g. "ResNet18"
+    run: Optional[str] = None  # the table's run id
+    test: Optional[float] = None  # reported test top-1, mean over seeds
+    train: Optional[float] = None  # final train top-1, mean over seeds
+    gap: Optional[float] = None  # train - last-epoch test
+    held: Optional[bool] = None  # None: a number is unknown
+    miss: Optional[str] = None  # which part of the bar it missed, measured
+    why: Optional[str] = None  # the scale's account of the miss (its regime_notes)
+
+
+@dataclass
 class Header(_Record):
     """How the table was made: scale, seeds, runs, compute, code and versions."""
     scale: Optional[str] = None
@@ -213,6 +228,7 @@ class Header(_Record):
     val_selected: Optional[bool] = None  # some cell has validation-selected numbers
     record_gaps: list[str] = field(default_factory=list)  # records that lack a field
     overrides: list[str] = field(default_factory=list)  # --set, every run
+    regime: list[Regime] = field(default_factory=list)  # the CE baselines against the bar (schema 3)
 
     def to_dict(self) -> dict:
         d = {}
@@ -228,7 +244,8 @@ class Header(_Record):
     def from_dict(cls, d: dict) -> Header:
         names = [f.name for f in fields(Provenance)]
         prov = Provenance.from_dict(d) if any(k in d for k in names) else None
-        return _load(cls, d, provenance=prov, runs_failed=[Failure.from_dict(f) for f in d.get("runs_failed") or []])
+        return _load(cls, d, provenance=prov, runs_failed=[Failure.from_dict(f) for f in d.get("runs_failed") or []],
+                     regime=[Regime.from_dict(r) for r in d.get("regime") or []])
 
 
 @dataclass

@@ -105,6 +105,7 @@ class Scale:
     comparable_with_paper: bool = False
     data_note: Optional[str] = None
     pt_teachers: Literal["epoch", "strength"] = "epoch"  # how a De-KD teacher is chosen (module doc)
+    regime_notes: dict = field(default_factory=dict)  # model -> why its CE baseline may miss the regime bar
 
     def factor(self, model: str) -> float:
         """The epoch factor of `model`'s runs: its per_model one, else the scale's."""
@@ -242,4 +243,13 @@ def load_scale(name: str) -> Scale:
             raise TfkdError(f"{path}: per_model.{name}.epoch_factor must be a number > 0, got {f!r}")
         per_model[key] = over
     s.per_model = per_model
+    notes = {}
+    for name, why in (s.regime_notes or {}).items():
+        try:
+            notes[canonical_name(name)] = why
+        except TfkdError as e:
+            raise TfkdError(f"{path}: regime_notes: {e}") from None
+        if not isinstance(why, str) or not why.strip():
+            raise TfkdError(f"{path}: regime_notes.{name} must be a sentence, got {why!r}")
+    s.regime_notes = notes
     return s

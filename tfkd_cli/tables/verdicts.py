@@ -38,6 +38,8 @@ class Thresholds:
     chance_multiple: float = 2.0  # trained: final train top-1 >= 2 x chance
     baseline_fraction: float = 0.5  # trained: >= half of its row's CE baseline's train top-1
     min_fit_gap: float = 5.0  # regularisation claim: baseline train - test >= 5 points
+    regime_test_multiple: float = 10.0  # a CE baseline's regime bar: test top-1 >= 10 x chance,
+    # but at most halfway from chance to 100% (10 x chance is out of reach with 10 classes)
 
 
 DEFAULT = Thresholds()
@@ -78,6 +80,26 @@ def fit_gap(baseline: Cell) -> Optional[float]:
     train = baseline.train_top1_mean
     test = baseline.last_mean if baseline.last_mean is not None else baseline.mean
     return None if train is None or test is None else train - test
+
+
+def regime_floor(chance: float, th: Thresholds = DEFAULT) -> float:
+    """The regime bar's test top-1 (%): `regime_test_multiple` x chance, at most halfway to 100."""
+    return min(th.regime_test_multiple * chance, (100.0 + chance) / 2)
+
+
+def regime_miss(baseline: Cell, chance: float, th: Thresholds = DEFAULT) -> Optional[str]:
+    """Why a CE baseline misses the regime a reduced scale is built for, or None when it holds
+    (or its numbers are unknown): test top-1 >= `regime_test_multiple` x chance, so there is
+    something to improve, and train - test >= `min_fit_gap` points, so a regulariser has an
+    over-fit to correct. A miss leaves the regularisation claims against it inconclusive."""
+    why = []
+    floor = regime_floor(chance, th)
+    if baseline.mean is not None and baseline.mean < floor:
+        why.append(f"test top-1 {_f(baseline.mean)} < {_f(floor)}")
+    gap = fit_gap(baseline)
+    if gap is not None and gap < th.min_fit_gap:
+        why.append(f"train - test {gap:+.2f} < {th.min_fit_gap:g} points")
+    return "; ".join(why) or None
 
 
 def inconclusive_reason(treated: Cell, compared: Cell, baseline: Cell, *, chance: float,
