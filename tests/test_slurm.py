@@ -140,7 +140,9 @@ def test_smoke_table_through_slurm_with_faults(slurm_cluster, tmp_path):
     _wait_for("five submissions", lambda: len(list(runs.glob("*/slurm.json"))) == 5, first, log=log1)
     _wait_for("the submit lines", lambda: log1.read_text().count("submit ") >= 5, first, log=log1)
     first.send_signal(signal.SIGINT)
-    assert first.wait(60) == 130
+    # A bound on liveness, not a timing: after Ctrl-C the process still asks Slurm about its jobs,
+    # and under load (CI at stop 28: load ~3.5) that took over 60 s.
+    assert first.wait(600) == 130
     out1 = log1.read_text()
     assert "5 job(s) stay on the cluster: run the same command again to re-attach" in out1, out1
     submitted = {d.name: _record(d)["job_id"] for d in runs.glob("*/") if (d / "slurm.json").exists()}
