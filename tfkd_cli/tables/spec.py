@@ -231,11 +231,7 @@ def load_scale(name: str) -> Scale:
     if s.epoch_factor <= 0:
         raise TfkdError(f"{path}: epoch_factor must be > 0")
     per_model = {}
-    for name, over in (s.per_model or {}).items():
-        try:
-            key = canonical_name(name)
-        except TfkdError as e:
-            raise TfkdError(f"{path}: per_model: {e}") from None
+    for name, key, over in _by_model(path, "per_model", s.per_model):
         if not isinstance(over, dict):
             raise TfkdError(f"{path}: per_model.{name} must be a mapping of recipe fields, got {over!r}")
         f = over.get("epoch_factor")
@@ -244,12 +240,19 @@ def load_scale(name: str) -> Scale:
         per_model[key] = over
     s.per_model = per_model
     notes = {}
-    for name, why in (s.regime_notes or {}).items():
-        try:
-            notes[canonical_name(name)] = why
-        except TfkdError as e:
-            raise TfkdError(f"{path}: regime_notes: {e}") from None
+    for name, key, why in _by_model(path, "regime_notes", s.regime_notes):
         if not isinstance(why, str) or not why.strip():
             raise TfkdError(f"{path}: regime_notes.{name} must be a sentence, got {why!r}")
+        notes[key] = why
     s.regime_notes = notes
     return s
+
+
+def _by_model(path: Path, what: str, mapping: Optional[dict]):
+    """(name as written, canonical model name, value) for each entry of a scale's by-model
+    mapping; an unknown model is a one-line error naming the file and the mapping."""
+    for name, value in (mapping or {}).items():
+        try:
+            yield name, canonical_name(name), value
+        except TfkdError as e:
+            raise TfkdError(f"{path}: {what}: {e}") from None
