@@ -347,18 +347,19 @@ class Claim:
 def git_commit() -> Optional[str]:
     """The commit of the tfkd checkout (with '+dirty' when it has local changes), read once per
     process, at its first run: the code a process runs is the code it loaded, so a long
-    `reproduce` must not record a HEAD that moved while it ran."""
+    `reproduce` must not record a HEAD that moved while it ran. A copy without .git (a tree sent
+    to a lent GPU machine, an unpacked archive) records $TFKD_COMMIT, which its sender sets."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5).stdout.strip()
         if not sha:
-            return None
+            return os.environ.get("TFKD_COMMIT") or None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except (OSError, subprocess.SubprocessError):  # no git installed
+        return os.environ.get("TFKD_COMMIT") or None
 
 
 def hardware(device: torch.device) -> str:
