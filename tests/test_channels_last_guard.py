@@ -36,3 +36,32 @@ def test_guard_uses_one_thread_for_odd_channels_last_cpu_batches_only():
     assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
     # odd channels_last: 1 thread; even channels_last and odd contiguous: both threads
     assert p.stdout.split("\n")[-2] == "[1, 1, 2, 2]"
+
+
+def test_cpu_unsafe_convs_names_the_narrow_strided_1x1_shortcuts():
+    import torch
+
+    from tfkd_cli.models import build_model
+    from tfkd_cli.training.channels_last import cpu_unsafe_convs
+
+    with torch.device("meta"):
+        sixteenth = build_model("resnet18", num_classes=10, width=0.0625)
+        eighth = build_model("resnet18", num_classes=10, width=0.125)
+    assert cpu_unsafe_convs(sixteenth) == ["layer2.0.shortcut.0"]  # 4 input channels, stride 2
+    assert cpu_unsafe_convs(eighth) == []  # 8 channels: safe
+    assert cpu_unsafe_convs(torch.nn.Conv2d(4, 8, 3, stride=2)) == []  # only 1x1 kernels crash
+
+
+def test_a_run_whose_model_crashes_channels_last_trains_without_it(tmp_path):
+    """ResNet18 at a sixteenth width aborted the process in its first backward with
+    channels_last on the CPU (torch 2.14.1); the run turns channels_last off, says so, finishes."""
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "tfkd_cli", "train-teacher", "--model", "resnet18",
+                        "--width", "0.0625", "--dataset", "digits", "--epochs", "1", "--device", "cpu",
+                        "--channels-last", "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    assert "channels_last off for this run" in p.stdout + p.stderr
+    import json
+
+    assert json.loads((out / "summary.json").read_text())["channels_last"] is False

@@ -27,6 +27,7 @@ from tfkd_cli.methods import NEEDS_TEACHER, build_loss
 from tfkd_cli.metrics import evaluate
 from tfkd_cli.models import build_model, canonical_name
 from tfkd_cli.config.recipe import Recipe
+from tfkd_cli.training.channels_last import MIN_STRIDED_1X1_CHANNELS, cpu_unsafe_convs
 from tfkd_cli.training.runtime import Dist, autocast_for, configure_torch, seed_everything
 from tfkd_cli.storage.teacher_cache import TeacherCache
 
@@ -59,7 +60,8 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     the teacher on the test split (into teacher_info["test"]) and log it.
     """
     configure_torch(recipe.runtime, device)
-    channels_last = recipe.runtime.channels_last  # safe with any thread count: loop.train_step's channels_last guard
+    # safe with any thread count (loop.train_step's guard), but not with every model (below)
+    channels_last = recipe.runtime.channels_last and not _cl_crashes(recipe, device, log if dd.main else None)
     # train.batch_size is the global batch (the lr is scaled from it, as officially); with
     # torchrun each of the N processes takes batch_size / N of it.
     if recipe.train.batch_size % dd.world:
@@ -109,6 +111,22 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     loss_fn = build_loss(recipe.method, **params)
     diagnose = functools.partial(term_norms, recipe.method, **params)  # the same terms as the loss
     return Run(data, model, optimizer, loss_fn, teacher, info, cache, arch, autocast, channels_last, diagnose)
+
+
+def _cl_crashes(recipe: Recipe, device: torch.device, log: Optional[Callable[[str], None]]) -> bool:
+    """True when the model holds a convolution whose channels_last CPU backward crashes torch
+    (tfkd_cli.training.channels_last.cpu_unsafe_convs). The probe is built on the meta device: no
+    memory, and the RNG the real model is initialised from is untouched."""
+    if device.type != "cpu":
+        return False
+    with torch.device("meta"):
+        probe = build_model(recipe.model, num_classes=10, width=recipe.width)
+    bad = cpu_unsafe_convs(probe)
+    if bad and log:
+        log(f"channels_last off for this run: torch's CPU backward crashes on a strided 1x1 convolution "
+            f"with fewer than {MIN_STRIDED_1X1_CHANNELS} input channels ({bad[0]}: "
+            f"{probe.get_submodule(bad[0]).in_channels}); the default memory format is used")
+    return bool(bad)
 
 
 def load_data(recipe: Recipe, device: torch.device, dd: Dist = Dist(), channels_last: bool = False) -> Data:

@@ -6,6 +6,12 @@ batch is often odd). Such a step runs with one thread; every other step keeps al
 channels_last stays on with any thread count. The choice depends only on the batch (its size,
 device and memory format) and the thread setting, so a resumed run takes it at the same steps
 as an uninterrupted one and their numbers stay equal.
+
+A second crash needs no odd batch: the CPU backward of a strided 1x1 convolution with fewer than
+8 input channels aborts in channels_last at any thread count and batch size (double free or
+segfault; torch 2.14.1, AMD EPYC AVX2, 2026-12-04: in_channels 1-7 crash, 8, 12 and 16 pass, at
+16x16 and 32x32 inputs). ResNet18 at a sixteenth width has such shortcuts (4 channels), so a
+CPU run of a model that holds one trains in the default memory format (`cpu_unsafe_convs`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ import contextlib
 from typing import Iterator
 
 import torch
+from torch import nn
+
+# the fewest input channels a strided 1x1 convolution needs for a safe channels_last CPU backward
+MIN_STRIDED_1X1_CHANNELS = 8
 
 
 def needs_one_thread(x: torch.Tensor) -> bool:
@@ -36,3 +46,10 @@ def safe_step(x: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def cpu_unsafe_convs(model: nn.Module) -> list[str]:
+    """Names of the strided 1x1 convolutions whose channels_last CPU backward crashes torch 2.14."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+            and m.in_channels < MIN_STRIDED_1X1_CHANNELS]
