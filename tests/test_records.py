@@ -248,3 +248,15 @@ def test_records_of_other_tables_count_only_inside_results(tmp_path, monkeypatch
     own = records.roots(Path("results/table3/smoke"), "smoke")
     assert own == [(tmp_path / "results" / t / "smoke" / "runs").resolve() for t in ("table3", "tfkd-reg-cifar100")]
     assert records.roots(tmp_path / "elsewhere", "smoke") == [(tmp_path / "elsewhere" / "runs").resolve()]
+
+
+def test_a_copy_without_git_records_tfkd_commit(tmp_path):
+    """A tree sent to a lent GPU machine may arrive without .git: its runs record $TFKD_COMMIT."""
+    import sys
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "tfkd_cli", tmp_path / "tfkd_cli",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = "from tfkd_cli.storage.rundir import git_commit; print(git_commit())"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TFKD_COMMIT": "3022294bf4ea"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip() == "3022294bf4ea", p.stderr
