@@ -10,7 +10,7 @@
 #   3. tfkd reproduce table3 --scale tiny100-gpu on the ResNet18 rows (baseline, the ResNet50 and
 #      ResNeXt29 pt-teachers, their students, the two controls), JOBS runs at once on DEVICES,
 #      stopped (timeout) with 40 s left; then --report-only writes the table of what finished.
-# Everything comes back in three files under $OUT: log.txt, gpu_check.tgz and table.tgz (the
+# Set TFKD_COMMIT to the commit sent (the copy there may lack .git). Everything comes back in three files under $OUT: log.txt, gpu_check.tgz and table.tgz (the
 # results folder with its run records, and the runs' logs); the device tool returns 8 at most.
 # For a plumbing check on the CPU: SKIP_CHECK=1 DEVICES=cpu DATA=/tmp/d TABLE_OUT=/tmp/t
 #   SETS="--set data.root=/tmp/d --set width=0.0625 --set data.per_class=2 --runs-dir /tmp/r".

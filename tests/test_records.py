@@ -251,7 +251,8 @@ def test_records_of_other_tables_count_only_inside_results(tmp_path, monkeypatch
 
 
 def test_a_copy_without_git_records_tfkd_commit(tmp_path):
-    """A tree sent to a lent GPU machine may arrive without .git: its runs record $TFKD_COMMIT."""
+    """A tree sent to a lent GPU machine may arrive without .git (or with stale git metadata):
+    its runs record $TFKD_COMMIT, which the sender sets; without it, no commit."""
     import sys
 
     shutil.copytree(Path(__file__).resolve().parents[1] / "tfkd_cli", tmp_path / "tfkd_cli",
@@ -260,3 +261,6 @@ def test_a_copy_without_git_records_tfkd_commit(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "TFKD_COMMIT": "3022294bf4ea"}
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "3022294bf4ea", p.stderr
+    env.pop("TFKD_COMMIT")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip() == "None", p.stderr

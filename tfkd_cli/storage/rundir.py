@@ -347,19 +347,23 @@ class Claim:
 def git_commit() -> Optional[str]:
     """The commit of the tfkd checkout (with '+dirty' when it has local changes), read once per
     process, at its first run: the code a process runs is the code it loaded, so a long
-    `reproduce` must not record a HEAD that moved while it ran. A copy without .git (a tree sent
-    to a lent GPU machine, an unpacked archive) records $TFKD_COMMIT, which its sender sets."""
+    `reproduce` must not record a HEAD that moved while it ran. $TFKD_COMMIT, when set, is
+    recorded instead: a tree copied to another machine (a lent GPU) may arrive without .git, or
+    with stale git metadata (seen: HEAD of the session's start, '+dirty'), and its sender knows
+    which commit it sent."""
+    if os.environ.get("TFKD_COMMIT"):
+        return os.environ["TFKD_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5).stdout.strip()
         if not sha:
-            return os.environ.get("TFKD_COMMIT") or None
+            return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):  # no git installed
-        return os.environ.get("TFKD_COMMIT") or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def hardware(device: torch.device) -> str:
