@@ -89,7 +89,7 @@ def partial_note(res: Results) -> Optional[str]:
 
 def title(res: Results) -> str:
     h = res.header
-    text = f"{res.table} at scale {h.scale} on {h.dataset} (seeds {len(h.seeds)})"
+    text = f"{res.table} at scale {h.scale} on {h.dataset} (seeds {', '.join(map(str, h.seeds))})"
     text += "" if h.comparable_with_paper else " - not comparable with the paper: gains only"
     note = partial_note(res)
     return text + (f"\n{note}" if note else "")
