@@ -60,7 +60,6 @@ def build_run(recipe: Recipe, device: torch.device, dd: Dist = Dist(), *, log: C
     the teacher on the test split (into teacher_info["test"]) and log it.
     """
     configure_torch(recipe.runtime, device)
-    # safe with any thread count (loop.train_step's guard), but not with every model (below)
     channels_last = recipe.runtime.channels_last and not _cl_crashes(recipe, device, log if dd.main else None)
     # train.batch_size is the global batch (the lr is scaled from it, as officially); with
     # torchrun each of the N processes takes batch_size / N of it.
