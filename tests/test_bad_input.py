@@ -358,6 +358,7 @@ def test_evaluate_refuses_code_in_a_checkpoint(tmp_path):
 # --------------------------------------------------------------------------- real processes
 
 
+@pytest.mark.slow  # trains real CLI runs for 15-30 s; kept out of the quick loop
 def test_real_process_prints_one_line(finished_run, tmp_path):
     """The same contract end to end: nothing else (warnings, tracebacks) reaches stderr."""
     bad = tmp_path / "bad.yaml"

@@ -65,6 +65,7 @@ def test_teacher_run_directory(teacher):
     assert {"model", "optimizer", "rng", "state", "arch"} <= set(ck)
 
 
+@pytest.mark.slow  # trains real CLI runs for 15-30 s; kept out of the quick loop
 def test_digits_default_learns(tmp_path):
     """The README's quick job: the digits profile reaches far above chance (10%)."""
     out = tmp_path / "quick"
@@ -176,6 +177,7 @@ def test_official_checkpoint_needs_architecture(release):
     assert r.exit_code == 2 and "official-format checkpoint" in r.stderr
 
 
+@pytest.mark.slow  # trains real CLI runs for 15-30 s; kept out of the quick loop
 def test_official_release_folder_as_dekd_teacher(release, tmp_path):
     out = tmp_path / "dekd"
     run("distill", "--student", "mobilenetv2", "--teacher", release / "base_resnet18", "--teacher-model",
@@ -218,6 +220,7 @@ def test_malicious_checkpoint_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # trains real CLI runs for 15-30 s; kept out of the quick loop
 def test_teacher_logits_shared_between_students(teacher, tmp_path):
     """A second student of the same teacher on the same batches reads the teacher's logits
     instead of running it, and ends with exactly the weights of a run without the cache."""
