@@ -400,7 +400,9 @@ def test_scale_smoke(plans, tid):
         assert p.recipe.data.dataset == "digits"
         narrow = {"resnet50": 0.0625, "resnext29_8x64d": 0.0625, "googlenet": 0.0625}
         assert p.recipe.width == (1.0 if p.recipe.model.startswith("tv:") else narrow.get(p.recipe.model, 0.125))
-        assert p.recipe.train.epochs <= 5
+        # 5 epochs; ResNet18 and ResNeXt29 10, ResNet50 15: the De-KD teachers' strength (smoke.yaml)
+        longer = {"resnet18": 10, "resnext29_8x64d": 10, "resnet50": 15}
+        assert p.recipe.train.epochs <= longer.get(p.recipe.model, 5)
 
 
 @pytest.mark.parametrize("tid", sorted(EXPECTED_RUNS))

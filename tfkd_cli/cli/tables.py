@@ -27,7 +27,8 @@ from tfkd_cli.errors import TfkdError
 @runner_options
 @click.option("--teachers", default=None, type=click.Path(file_okay=False),
               help="Folder of the authors' released teachers (base_<name>/best.pth.tar, 0.pth.tar, 50.pth.tar): train only the students.")
-@click.option("--only", multiple=True, help="Run only these run ids (and what they need).")
+@click.option("--only", multiple=True,
+              help="Run only these run ids (and what they need); repeatable or comma-separated.")
 @click.option("--dry-run", is_flag=True, help="Print the plan: every run, its dependencies and estimated cost.")
 @click.option("--no-controls", is_flag=True, help="Skip the control runs (uniform teacher, ce x (1 - alpha)) of the cells with a teacher.")
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
@@ -58,7 +59,7 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: Optional[str
         raise TfkdError(f"--jobs must be >= 1, got {jobs}")
     api.reproduce(table, scale=scale, seeds=parse_seeds(seeds) if seeds is not None else None, out=out,
                   runs_dir=runs_dir, teachers=teachers,
-                  only=set(only) or None, jobs=jobs, devices=devices.split(",") if devices else None,
+                  only={i for o in only for i in o.split(",") if i} or None, jobs=jobs, devices=devices.split(",") if devices else None,
                   dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
                   controls=not no_controls, rerun=rerun, command=shlex.join(["tfkd", *sys.argv[1:]]),
                   log=lambda m: click.echo(m, err=True), echo=click.echo, **executor_args(placement))
