@@ -72,3 +72,19 @@ def test_default_jobs_is_one_run_per_core_on_the_cpu(monkeypatch):
     assert runner.default_jobs(["cuda:0", "cuda:1"]) == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runner.default_jobs() == 1
+
+
+def test_only_takes_ids_repeated_or_comma_separated(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tfkd_cli.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    base = ["reproduce", "table3", "--scale", "smoke", "--dry-run", "--no-controls"]
+    comma = CliRunner().invoke(cli, base + ["--only", "resnet50_pt,mobilenetv2"])
+    repeated = CliRunner().invoke(cli, base + ["--only", "resnet50_pt", "--only", "mobilenetv2"])
+    assert comma.exit_code == 0 and comma.output == repeated.output, comma.output
+    planned = [ln.split()[0] for ln in comma.output.splitlines() if "@s0" in ln]
+    assert planned == ["mobilenetv2@s0", "resnet50_pt@s0"]
+    bad = CliRunner().invoke(cli, base + ["--only", "resnet50_pt,nope"])
+    assert bad.exit_code == 2 and "unknown run id(s) nope" in bad.output

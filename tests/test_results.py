@@ -119,3 +119,17 @@ def test_a_newer_table_is_refused(version, tmp_path):
 def test_an_unknown_version_is_refused(version):
     with pytest.raises(TfkdError, match="unknown schema version"):
         Results.from_dict({"schema": version})
+
+
+def test_cell_changes_match_rows_by_key_and_show_the_epoch_used():
+    """A re-run is compared cell by cell with the committed table: rows match by their key (the
+    recipe's label) and each line shows the row as the new table does, with its pt-teacher epoch."""
+    from tfkd_cli.tables.report import cell_changes
+    before = Results(rows=[Row("R (51 ep) -> S", "R (ep 3: 0.84 of final, paper 0.59) -> S",
+                               None, {"kd": Cell(mean=10.0, n=1), "base": Cell(mean=50.0, n=1)})])
+    after = Results(rows=[Row("R (51 ep) -> S", "R (ep 4: 0.52 of final, paper 0.59) -> S",
+                              None, {"kd": Cell(mean=12.5, n=1), "base": Cell(mean=50.0, n=1)})])
+    out = cell_changes(before, after, "the committed table")
+    assert out.splitlines() == ["1 cell(s) differ from the committed table:",
+                                "  R (ep 4: 0.52 of final, paper 0.59) -> S / kd: 10.00 (n=1) -> 12.50 (n=1)"]
+    assert cell_changes(after, after, "it") == "every cell equals it"

@@ -365,7 +365,8 @@ def cell_changes(before: R.Results, res: R.Results, what: str) -> str:
         for k, c in r.cells.items():
             o = old.get((r.label, k), R.Cell())
             if (fmt(o.mean), o.n) != (fmt(c.mean), c.n):
-                lines.append(f"  {r.label} / {k}: {fmt(o.mean)} (n={o.n}) -> {fmt(c.mean)} (n={c.n})")
+                # matched by the row's key, shown as the new table shows it (its pt-teacher epoch)
+                lines.append(f"  {render.row_label(r)} / {k}: {fmt(o.mean)} (n={o.n}) -> {fmt(c.mean)} (n={c.n})")
     if not lines:
         return f"every cell equals {what}"
     return f"{len(lines)} cell(s) differ from {what}:\n" + "\n".join(lines)
