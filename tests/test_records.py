@@ -189,6 +189,9 @@ def test_rerun_writes_elsewhere_and_lists_the_cells_that_differ(one_go, recipes,
     assert "cell(s) differ from the committed table" in out and "(n=1) -> " in out
     assert (results(m) / "table.json").read_bytes() != committed["table.json"]  # our report-only above
     assert len(list((results(m) / "runs").iterdir())) == 3  # the committed records are untouched
+    again = tfkd(recipes, m, "reproduce", *TABLE, "--rerun", "--seeds", "0,1")  # run dirs count: says so
+    assert "0 to run" in again and f"--rerun: 4 run(s) already finished in {m / 'runs'} on this machine" in again
+    assert "give --runs-dir an empty folder" in again and "--rerun: " not in out
 
 
 def test_interrupt_says_what_finished_and_how_to_continue(one_go, recipes, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from tfkd_cli.execution.cost import Calibration, committed_records, estimate_sec
 from tfkd_cli.tables.plan import PlannedRun, build_plan, unique_runs
 from tfkd_cli.tables.results import Results
 from tfkd_cli.execution.executors import EXECUTORS, LocalOptions
-from tfkd_cli.execution.runner import default_jobs, status_of, weights_needed
+from tfkd_cli.execution.runner import FINISHED, default_jobs, status_of, weights_needed
 from tfkd_cli.tables.spec import index, load_scale, load_table
 
 
@@ -112,10 +112,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
             p.record = None if p.external else records.find(p.dir.name, where)
         return plan
 
-    plan = plan_for(asked)
-    for p in plan:
-        if p.external and not p.release.is_dir():
-            raise TfkdError(f"--teachers: {p.release} not found (run {p.id} of {table.table} uses it)")
+    plan = _check_releases(plan_for(asked), table.table)
     device = (devices or ["cuda" if _cuda() else "cpu"])[0]
     jobs = jobs or default_jobs(devices)
     if dry_run:
@@ -130,6 +127,8 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
         echo(status_table(plan, with_queue=executor == "slurm"))
         return None
     if not report_only:
+        if rerun:  # records are ignored, run directories are not
+            _say_reused(plan, Path(runs_dir), log)
         _run(plan, out_dir, executor, executor_options or LocalOptions(jobs, devices), Path(runs_dir),
              retry_failed, command, log)
     shown = sorted(set(asked) | records.seeds(out_dir))  # slices recorded before, on any machine
@@ -144,6 +143,24 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
         log(report.cell_changes(before, res, what))
     return res
 
+
+
+def _check_releases(plan: list[PlannedRun], table: str) -> list[PlannedRun]:
+    """Every released teacher the plan loads (--teachers) is there; returns the plan."""
+    for p in plan:
+        if p.external and not p.release.is_dir():
+            raise TfkdError(f"--teachers: {p.release} not found (run {p.id} of {table} uses it)")
+    return plan
+
+
+def _say_reused(plan: list[PlannedRun], runs_dir: Path, log: Callable[[str], None]) -> None:
+    """--rerun ignores records, not run directories: runs this machine already finished in the
+    runs folder count as done (a second --rerun trains nothing). Say so, and how to train afresh."""
+    done = [p for p in unique_runs(plan) if status_of(p) == FINISHED]
+    if done:
+        log(f"--rerun: {len(done)} run(s) already finished in {runs_dir} on this machine count as done "
+            "(--rerun ignores the committed records, not run directories); "
+            "to train every run again, give --runs-dir an empty folder")
 
 
 def _check_only_and_teachers(table, only: Optional[set], teachers: Optional[str]) -> Optional[Path]:
