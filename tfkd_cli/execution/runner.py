@@ -218,43 +218,57 @@ class _Scheduler:
             self.log(f"FAILED {p.name:28s} exit {rc}: {tail[0] if tail else ''} (log: {job.log})")
 
     def start_ready(self) -> bool:
-        """Start (or, with one job, run inline) every run whose teachers are done, up to `jobs`."""
+        """Start (or, with one job, run inline) every run whose teachers are done, up to `jobs`.
+        First the runs that share no teacher with a running run, then the rest: two students of
+        one teacher side by side both compute its logits, one after the other the second reads
+        them from the cache (storage/teacher_cache.py; 66 teacher-epochs computed twice in one
+        mini seed of table3 before this order)."""
         started = False
-        for p in list(self.todo):
-            if len(self.active) >= self.jobs:
-                break
-            dep_states = [self.state.get(self.by_key[d].dir) for d in p.deps]
-            if any(s in (FAILED, BLOCKED) for s in dep_states):
-                self.todo.remove(p)
-                self.state[p.dir] = BLOCKED
-                self.log(f"blocked {p.name}: a teacher run failed")
-                continue
-            if not all(s in (FINISHED, EXTERNAL) for s in dep_states):
-                continue
-            st = dir_status(p)  # not status_of: a run with a record is here to be trained again
-            if st in (FINISHED, FAILED):
-                self.todo.remove(p)
-                self.state[p.dir] = st
-                continue
-            claim = rundir.Claim(p.dir)
-            if rundir.is_locked(p.dir) or not claim.take():
-                continue  # being run (or being started) by another process; check again later
-            self.todo.remove(p)
-            started = True
-            if self.jobs == 1:
-                try:
-                    st = _run_inline(p, self.log)
-                finally:
-                    claim.drop()
-                if st == LOCKED:
-                    self.todo.append(p)
-                else:
-                    self.state[p.dir] = st
-                    if st == FINISHED:
-                        self.on_finished(p)
-            else:
-                self.active.append(self._spawn(p, claim))
+        for second in (False, True):
+            for p in list(self.todo):
+                if len(self.active) >= self.jobs:
+                    return started
+                if not second and self._shares_teacher(p):
+                    continue
+                started = self._try_start(p) or started
         return started
+
+    def _shares_teacher(self, p: PlannedRun) -> bool:
+        return bool(set(p.deps) & {d for job in self.active for d in job.run.deps})
+
+    def _try_start(self, p: PlannedRun) -> bool:
+        """Start `p` if its teachers are done and nobody else runs it; book it if it cannot run."""
+        dep_states = [self.state.get(self.by_key[d].dir) for d in p.deps]
+        if any(s in (FAILED, BLOCKED) for s in dep_states):
+            self.todo.remove(p)
+            self.state[p.dir] = BLOCKED
+            self.log(f"blocked {p.name}: a teacher run failed")
+            return False
+        if not all(s in (FINISHED, EXTERNAL) for s in dep_states):
+            return False
+        st = dir_status(p)  # not status_of: a run with a record is here to be trained again
+        if st in (FINISHED, FAILED):
+            self.todo.remove(p)
+            self.state[p.dir] = st
+            return False
+        claim = rundir.Claim(p.dir)
+        if rundir.is_locked(p.dir) or not claim.take():
+            return False  # being run (or being started) by another process; check again later
+        self.todo.remove(p)
+        if self.jobs == 1:
+            try:
+                st = _run_inline(p, self.log)
+            finally:
+                claim.drop()
+            if st == LOCKED:
+                self.todo.append(p)
+            else:
+                self.state[p.dir] = st
+                if st == FINISHED:
+                    self.on_finished(p)
+        else:
+            self.active.append(self._spawn(p, claim))
+        return True
 
     def _spawn(self, p: PlannedRun, claim: rundir.Claim) -> Job:
         """`tfkd run` of the run's resolved recipe in a child process, logging to runs/.logs/."""
