@@ -129,6 +129,7 @@ def _wait_for(what: str, ok, proc=None, timeout: float = TIMEOUT, log: Path = No
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow  # trains runs through Slurm (26-270 s); kept out of the quick loop
 def test_smoke_table_through_slurm_with_faults(slurm_cluster, tmp_path):
     env = _env(slurm_cluster)
     runs = tmp_path / "runs"
@@ -211,6 +212,7 @@ def test_smoke_table_through_slurm_with_faults(slurm_cluster, tmp_path):
     assert st.stdout.strip().endswith(f"{SMOKE_RUNS} finished"), st.stdout
 
 
+@pytest.mark.slow  # trains runs through Slurm (26-270 s); kept out of the quick loop
 def test_failed_job_reported_then_retried(slurm_cluster, tmp_path):
     runs = tmp_path / "runs"
     cmd = _cmd(runs, "--only", "resnet18")
@@ -231,6 +233,7 @@ def test_failed_job_reported_then_retried(slurm_cluster, tmp_path):
     assert _record(run)["submissions"] == 2
 
 
+@pytest.mark.slow  # trains runs through Slurm (26-270 s); kept out of the quick loop
 def test_ddp_run_in_one_job(slurm_cluster, tmp_path):
     """Two tasks of one job train one run under DDP (gloo on the CPU), with torchrun's environment
     from submitit: the run is written once, by rank 0, and says world_size 2."""
