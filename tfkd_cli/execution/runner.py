@@ -223,14 +223,18 @@ class _Scheduler:
         one teacher side by side both compute its logits, one after the other the second reads
         them from the cache (storage/teacher_cache.py; 66 teacher-epochs computed twice in one
         mini seed of table3 before this order)."""
-        started = False
-        for second in (False, True):
-            for p in list(self.todo):
-                if len(self.active) >= self.jobs:
-                    return started
-                if not second and self._shares_teacher(p):
-                    continue
+        started, deferred = False, []
+        for p in list(self.todo):
+            if len(self.active) >= self.jobs:
+                return started
+            if self._shares_teacher(p):
+                deferred.append(p)
+            else:
                 started = self._try_start(p) or started
+        for p in deferred:  # only on workers that nothing else would use
+            if len(self.active) >= self.jobs:
+                break
+            started = self._try_start(p) or started
         return started
 
     def _shares_teacher(self, p: PlannedRun) -> bool:
