@@ -85,7 +85,7 @@ def _estimate(plan: list[PlannedRun], device: str, jobs: int, measure: bool, log
     """The dry-run's plan and estimate; with `measure` (CPU), scaled by this machine's probed speed."""
     speed = None
     if measure and not device.startswith("cuda"):
-        log("--measure: training each configuration here for a few seconds ...")
+        log("--measure: training each configuration here for two short epochs (10-30 s each) ...")
         speed = measure_speed(pending_recipes(plan), committed_records(), jobs)
     return format_plan(plan, device, jobs, Calibration.from_records(committed_records()), speed)
 
