@@ -112,6 +112,15 @@ def test_a_partial_table_says_so(figure):
     sliced = results(rows, seeds=(0, 1, 2))
     assert partial_note(sliced) == "PARTIAL: 11 cell(s) with fewer than 3 seeds"
     assert "PARTIAL" in figure(sliced)._suptitle.get_text()
+    # a table run with --only: the cells outside it have no seed at all, and say so apart
+    rows[1]["cells"]["student"]["n"] = 0
+    rows[2]["cells"]["student"]["n"] = 0
+    only = results(rows, seeds=(0, 1, 2))
+    assert partial_note(only) == "PARTIAL: 2 cell(s) not run; 9 cell(s) with fewer than 3 seeds"
+    for r in rows:
+        for c in r["cells"].values():
+            c["n"] = c["n"] and 1
+    assert partial_note(results(rows, seeds=(0,))) == "PARTIAL: 2 cell(s) not run"
 
 
 def test_comparable_scale_adds_the_absolute_panel(figure):

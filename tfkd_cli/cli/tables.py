@@ -30,12 +30,15 @@ from tfkd_cli.errors import TfkdError
 @click.option("--only", multiple=True,
               help="Run only these run ids (and what they need); repeatable or comma-separated.")
 @click.option("--dry-run", is_flag=True, help="Print the plan: every run, its dependencies and estimated cost.")
+@click.option("--measure", is_flag=True,
+              help="With --dry-run on the CPU: train each configuration here for a few seconds and scale "
+                   "the estimates by this machine's speed against the run records' machines.")
 @click.option("--no-controls", is_flag=True, help="Skip the control runs (uniform teacher, ce x (1 - alpha)) of the cells with a teacher.")
 @click.option("--list", "list_", is_flag=True, help="List the tables and their status.")
 @executor_options
 def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: Optional[str], rerun: bool, out: Optional[str],
               runs_dir: str, teachers: Optional[str], only: tuple, jobs: Optional[int], devices: Optional[str], dry_run: bool,
-              report_only: bool, retry_failed: bool, no_controls: bool, list_: bool, **placement: Any) -> None:
+              measure: bool, report_only: bool, retry_failed: bool, no_controls: bool, list_: bool, **placement: Any) -> None:
     """Reproduce a paper table: plan its runs, train them in dependency order, write the table.
 
     \b
@@ -57,10 +60,12 @@ def reproduce(table: Optional[str], scale: str, sets: tuple, seeds: Optional[str
         raise TfkdError("name a table (tfkd reproduce --list shows them)")
     if jobs is not None and jobs < 1:
         raise TfkdError(f"--jobs must be >= 1, got {jobs}")
+    if measure and not dry_run:
+        raise TfkdError("--measure times this machine for a --dry-run estimate; add --dry-run")
     api.reproduce(table, scale=scale, seeds=parse_seeds(seeds) if seeds is not None else None, out=out,
                   runs_dir=runs_dir, teachers=teachers,
                   only={i for o in only for i in o.split(",") if i} or None, jobs=jobs, devices=devices.split(",") if devices else None,
-                  dry_run=dry_run, report_only=report_only, retry_failed=retry_failed, sets=sets,
+                  dry_run=dry_run, measure=measure, report_only=report_only, retry_failed=retry_failed, sets=sets,
                   controls=not no_controls, rerun=rerun, command=shlex.join(["tfkd", *sys.argv[1:]]),
                   log=lambda m: click.echo(m, err=True), echo=click.echo, **executor_args(placement))
 

@@ -11,7 +11,9 @@ from tfkd_cli.tables import records
 from tfkd_cli.tables import render
 from tfkd_cli.tables import report
 from tfkd_cli.tables.controls import add_controls
+from tfkd_cli.config.recipe import Recipe
 from tfkd_cli.execution.cost import Calibration, committed_records, estimate_seconds, wall_seconds
+from tfkd_cli.execution.probe import Speed, measure_speed
 from tfkd_cli.tables.plan import PlannedRun, build_plan, unique_runs
 from tfkd_cli.tables.results import Results
 from tfkd_cli.execution.executors import EXECUTORS, LocalOptions
@@ -32,8 +34,15 @@ def list_tables() -> str:
     return tabulate(rows, headers=["table", "aliases", "paper numbers", "cells with paper value", "rows", "runs", "title"])
 
 
+def pending_recipes(plan: list[PlannedRun]) -> list[Recipe]:
+    """The recipes of the runs a plan would train (pending, or again for their weights)."""
+    again = {q.dir for q in weights_needed(plan)}
+    return [p.recipe for p in unique_runs(plan)
+            if not p.external and (p.dir in again or (status_of(p) or "pending") == "pending")]
+
+
 def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
-                calibration: Optional[Calibration] = None) -> str:
+                calibration: Optional[Calibration] = None, speed: Optional[Speed] = None) -> str:
     from tabulate import tabulate
 
     by_key = {(p.id, p.seed): p for p in plan}
@@ -49,6 +58,8 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
         factor, basis = cal.ratio(r)
         used.add(basis)
         secs = 0.0 if p.external else estimate_seconds(r, device, teacher) * factor
+        if speed is not None:
+            secs *= speed.factor(r)
         todo = st in ("pending", "again (weights)")
         work.append((p.name, secs if todo else 0.0, [by_key[d].name for d in p.deps]))
         at = f"@ep{r.teacher.epoch}" if r.teacher.epoch else f"@ratio={r.teacher.ratio:g}" if r.teacher.ratio else ""
@@ -62,10 +73,21 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
     how = "per-image times measured per model (tfkd_cli/execution/cost.py)"
     if cal.records and not device.startswith("cuda"):
         how += (f", scaled by the measured times of {cal.records} committed run records "
-                f"(matched by {', '.join(sorted(used))}); machines differ up to 3x")
+                f"(matched by {', '.join(sorted(used))})")
+        how += f"; {speed.describe()}" if speed is not None else \
+            "; machines differ up to 3x (--measure times this one)"
     return (f"{head}\n\n{len(lines)} runs; estimated time for pending runs on {device}: "
             f"{_hms(wall_seconds(work, jobs))} wall as {jobs} worker{'s' if jobs > 1 else ''} "
             f"({_hms(total)} of run time; {how})")
+
+
+def _estimate(plan: list[PlannedRun], device: str, jobs: int, measure: bool, log: Callable[[str], None]) -> str:
+    """The dry-run's plan and estimate; with `measure` (CPU), scaled by this machine's probed speed."""
+    speed = None
+    if measure and not device.startswith("cuda"):
+        log("--measure: training each configuration here for two short epochs (10-30 s each) ...")
+        speed = measure_speed(pending_recipes(plan), committed_records(), jobs)
+    return format_plan(plan, device, jobs, Calibration.from_records(committed_records()), speed)
 
 
 _SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m", "label_weight": "w"}  # shown in the plan
@@ -89,7 +111,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
               jobs: Optional[int] = None, devices: Optional[list[str]] = None, dry_run: bool = False,
               report_only: bool = False, retry_failed: bool = False, sets: tuple = (), controls: bool = True,
               rerun: bool = False, executor: str = "local", executor_options: Optional[object] = None,
-              status: bool = False, command: Optional[str] = None,
+              status: bool = False, command: Optional[str] = None, measure: bool = False,
               log: Callable[[str], None] = print, echo: Callable[[str], None] = print) -> Optional[Results]:
     """Plan, run and report a table. `seeds` are the seeds to run (default [0]); the table reports
     those and every seed already recorded in its results folder (a table built in slices).
@@ -119,7 +141,7 @@ def reproduce(name: str, *, scale: str = "paper", seeds: Optional[list[int]] = N
         echo(f"{table.table} at scale {sc.scale}, seeds {asked}, runs in {Path(runs_dir).resolve()}"
              + (f", records in {records.folder(out_dir)}" if not rerun else ", records ignored (--rerun)")
              + (f", --set {' '.join(sets)}" if sets else ""))
-        echo(format_plan(plan, device, jobs, Calibration.from_records(committed_records())))
+        echo(_estimate(plan, device, jobs, measure, log))
         return None
     if status:
         from tfkd_cli.execution.slurm import status_table

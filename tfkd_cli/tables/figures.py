@@ -83,8 +83,12 @@ def partial_note(res: Results) -> Optional[str]:
     if h.runs_finished < h.runs_total:
         return f"PARTIAL: {h.runs_finished}/{h.runs_total} runs finished"
     seeds = len(h.seeds)
-    short = sum(1 for _, c in cells_plotted(res) if (c.n or 0) < seeds)
-    return f"PARTIAL: {short} cell(s) with fewer than {seeds} seeds" if short else None
+    counts = [c.n or 0 for _, c in cells_plotted(res)]
+    missing = sum(1 for n in counts if n == 0)  # planned cells outside this run (e.g. --only)
+    short = sum(1 for n in counts if 0 < n < seeds)
+    notes = ([f"{missing} cell(s) not run"] if missing else []) + \
+            ([f"{short} cell(s) with fewer than {seeds} seeds"] if short else [])
+    return "PARTIAL: " + "; ".join(notes) if notes else None
 
 
 def title(res: Results) -> str:
