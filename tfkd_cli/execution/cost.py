@@ -104,7 +104,7 @@ def estimate_seconds(r: Recipe, device: str = "cpu", teacher: Optional[Recipe] =
     return per_epoch * r.train.epochs
 
 
-def _taught(r: Recipe) -> bool:
+def taught(r: Recipe) -> bool:
     """Whether a run reads a teacher network: its estimate counts the teacher's forward for every
     batch, which the teacher-logit cache shares between students, so such runs get their own ratio."""
     return bool(r.teacher.path) and METHODS[r.method].needs_teacher and not r.teacher.uniform
@@ -119,35 +119,47 @@ class Calibration:
 
     @classmethod
     def from_records(cls, summaries: Iterable[Path]) -> "Calibration":
-        from tfkd_cli.config.recipe import from_dict, read_yaml
-
         ratios: dict[tuple[str, str, bool], list[float]] = {}
-        for f in summaries:
+        for s, r in cpu_records(summaries):
+            if not s.get("run_time_s"):
+                continue
+            t = s.get("teacher") or {}
             try:
-                s = json.loads(f.read_text())
-                r = from_dict(read_yaml(f.parent / "recipe.yaml"), str(f.parent))
-                if s.get("device") != "cpu" or not s.get("run_time_s"):
-                    continue
-                t = s.get("teacher") or {}
                 teacher = Recipe(model=t["model"], width=t.get("width") or 1.0) if t.get("model") else None
                 est = estimate_seconds(r, "cpu", teacher)
-            except Exception:  # a record from older code, or of a model this code lacks: not a timing
+            except Exception:  # a model this code lacks: not a timing
                 continue
             if est > 0:
-                key = (canonical_name(r.model), r.data.dataset, _taught(r))
+                key = (canonical_name(r.model), r.data.dataset, taught(r))
                 ratios.setdefault(key, []).append(s["run_time_s"] / est)
         return cls(ratios)
 
     def ratio(self, r: Recipe) -> tuple[float, str]:
         """The factor for recipe `r`'s estimate, and what it was measured on."""
         model = canonical_name(r.model)
-        for label, keep in (("model, dataset and teacher", lambda k: k == (model, r.data.dataset, _taught(r))),
+        for label, keep in (("model, dataset and teacher", lambda k: k == (model, r.data.dataset, taught(r))),
                             ("model and dataset", lambda k: k[:2] == (model, r.data.dataset)),
                             ("model", lambda k: k[0] == model), ("all", lambda k: True)):
             vals = [v for k, vs in self.ratios.items() if keep(k) for v in vs]
             if vals:
                 return statistics.median(vals), label
         return 1.0, "none"
+
+
+def cpu_records(summaries: Iterable[Path]) -> list[tuple[dict, Recipe]]:
+    """(summary.json, recipe) of each record of a CPU run; records older code cannot read are skipped."""
+    from tfkd_cli.config.recipe import from_dict, read_yaml
+
+    out = []
+    for f in summaries:
+        try:
+            s = json.loads(f.read_text())
+            r = from_dict(read_yaml(f.parent / "recipe.yaml"), str(f.parent))
+        except Exception:  # a record from older code, or of a model this code lacks: not a timing
+            continue
+        if s.get("device") == "cpu":
+            out.append((s, r))
+    return out
 
 
 def committed_records(root: Path = Path("results")) -> list[Path]:

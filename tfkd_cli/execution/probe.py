@@ -18,7 +18,7 @@ one that made the records (issue #22). `--measure` times this machine instead of
 
 from __future__ import annotations
 
-import json
+import csv
 import math
 import statistics
 import subprocess
@@ -28,10 +28,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
-from tfkd_cli.config.recipe import Recipe, dump, from_dict, read_yaml
+from tfkd_cli.config.recipe import Recipe, dump
 from tfkd_cli.data.registry import DATASETS
-from tfkd_cli.methods import METHODS
+from tfkd_cli.execution.cost import cpu_records, taught
 from tfkd_cli.models import canonical_name
+from tfkd_cli.storage import rundir
 
 PROBE_STEPS = 24  # training steps an epoch: enough for a steady images/s, seconds per probe
 PROBE_TIMEOUT_S = 300
@@ -47,19 +48,14 @@ def config_key(r: Recipe) -> Key:
 
 def _plain(r: Recipe) -> bool:
     """Trained without a teacher network (a uniform-teacher control counts: no forward)."""
-    return not (r.teacher.path and METHODS[r.method].needs_teacher and not r.teacher.uniform)
+    return not taught(r)
 
 
 def record_speeds(summaries: Iterable[Path]) -> dict[Key, list[float]]:
     """images/s of the committed CPU records that trained without a teacher network, by configuration."""
     out: dict[Key, list[float]] = {}
-    for f in summaries:
-        try:
-            s = json.loads(f.read_text())
-            r = from_dict(read_yaml(f.parent / "recipe.yaml"), str(f.parent))
-        except Exception:  # a record from older code, or of a model this code lacks: not a timing
-            continue
-        if s.get("device") == "cpu" and s.get("images_per_s") and _plain(r):
+    for s, r in cpu_records(summaries):
+        if s.get("images_per_s") and _plain(r):
             out.setdefault(config_key(r), []).append(float(s["images_per_s"]))
     return out
 
@@ -81,11 +77,9 @@ def probe_recipe(r: Recipe) -> Recipe:
 
 def _second_epoch_speed(run: Path) -> Optional[float]:
     try:
-        lines = (run / "timings.csv").read_text().splitlines()
-        head = lines[0].split(",")
-        rows = [dict(zip(head, line.split(","))) for line in lines[1:]]
-        return float(next(row["images_per_s"] for row in rows if row["epoch"] == "2"))
-    except (OSError, IndexError, KeyError, StopIteration, ValueError):
+        with open(run / rundir.TIMINGS, newline="") as fh:
+            return float(next(row["images_per_s"] for row in csv.DictReader(fh) if row["epoch"] == "2"))
+    except (OSError, KeyError, StopIteration, ValueError):
         return None
 
 

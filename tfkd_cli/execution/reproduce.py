@@ -34,11 +34,16 @@ def list_tables() -> str:
     return tabulate(rows, headers=["table", "aliases", "paper numbers", "cells with paper value", "rows", "runs", "title"])
 
 
+def _status(p: PlannedRun, again: set) -> str:
+    """A planned run's status in the plan: `again (weights)` for a recorded teacher whose weights a student needs."""
+    return "again (weights)" if p.dir in again else status_of(p) or "pending"
+
+
 def pending_recipes(plan: list[PlannedRun]) -> list[Recipe]:
     """The recipes of the runs a plan would train (pending, or again for their weights)."""
     again = {q.dir for q in weights_needed(plan)}
     return [p.recipe for p in unique_runs(plan)
-            if not p.external and (p.dir in again or (status_of(p) or "pending") == "pending")]
+            if not p.external and _status(p, again) in ("pending", "again (weights)")]
 
 
 def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
@@ -50,7 +55,7 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
     cal = calibration if calibration is not None and not device.startswith("cuda") else Calibration({})
     lines, work, used = [], [], set()
     for p in unique_runs(plan):
-        st = "again (weights)" if p.dir in again else status_of(p) or "pending"
+        st = _status(p, again)
         if st == "finished" and p.record is not None and not rundir.is_finished(p.dir):
             st = "finished (record)"
         r = p.recipe
@@ -83,11 +88,11 @@ def format_plan(plan: list[PlannedRun], device: str = "cpu", jobs: int = 1,
 
 def _estimate(plan: list[PlannedRun], device: str, jobs: int, measure: bool, log: Callable[[str], None]) -> str:
     """The dry-run's plan and estimate; with `measure` (CPU), scaled by this machine's probed speed."""
-    speed = None
+    speed, summaries = None, committed_records()
     if measure and not device.startswith("cuda"):
         log("--measure: training each configuration here for two short epochs (10-30 s each) ...")
-        speed = measure_speed(pending_recipes(plan), committed_records(), jobs)
-    return format_plan(plan, device, jobs, Calibration.from_records(committed_records()), speed)
+        speed = measure_speed(pending_recipes(plan), summaries, jobs)
+    return format_plan(plan, device, jobs, Calibration.from_records(summaries), speed)
 
 
 _SHORT = {"alpha": "a", "temperature": "T", "multiplier": "m", "label_weight": "w"}  # shown in the plan
